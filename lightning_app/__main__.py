@@ -1,0 +1,3 @@
+from lightning_app.cli import main
+
+main()

@@ -1,0 +1,120 @@
+"""Where documents come from: local files, Hugging Face dataset ids, packaged corpora.
+
+Every source becomes one streaming ``datasets.IterableDataset`` with a ``text`` column (and
+``label`` when a ``label_field`` is given), so a corpus larger than memory trains with flat memory
+and the same code path serves the hub, local files and the tests.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+
+import datasets
+
+from lightning_app.errors import ConfigError
+from lightning_app.packaged import is_packaged, packaged_path
+
+# File ending -> the datasets builder that streams it.
+BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".txt": "text"}
+
+
+def _read_text_files(paths: list[str]):
+    """One example per file; the label is the name of the file's folder (``<label>/<doc>.txt``)."""
+    for path in paths:
+        raw = Path(path).read_bytes()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            text = raw.decode("latin-1")
+        yield {"text": text, "label": Path(path).parent.name}
+
+
+def _packaged_corpus(name: str) -> datasets.IterableDataset:
+    folder = packaged_path(name)
+    paths = sorted(str(p) for p in folder.glob("*/*.txt"))
+    # A list in gen_kwargs makes one shard per file, so ranks and workers split the corpus.
+    return datasets.IterableDataset.from_generator(_read_text_files, gen_kwargs={"paths": paths})
+
+
+def local_files(source: str) -> list[str]:
+    """The files a local path, folder or glob names; errors name the source and what was expected."""
+    if any(ch in source for ch in "*?["):
+        files = sorted(glob.glob(source, recursive=True))
+        if not files:
+            raise ConfigError(f"data.source: no file matches the glob '{source}'")
+    elif os.path.isdir(source):
+        files = sorted(str(p) for p in Path(source).rglob("*") if p.suffix in BUILDERS)
+        if not files:
+            raise ConfigError(f"data.source: folder '{source}' holds no "
+                              f"{'/'.join(BUILDERS)} files")
+    elif os.path.exists(source):
+        files = [source]
+    else:
+        raise ConfigError(f"data.source: file not found: '{source}'")
+    suffixes = {Path(f).suffix for f in files}
+    unknown = suffixes - set(BUILDERS)
+    if unknown:
+        raise ConfigError(f"data.source: '{source}' has files ending in {sorted(unknown)}; "
+                          f"expected one of {sorted(BUILDERS)}")
+    if len({BUILDERS[s] for s in suffixes}) > 1:
+        raise ConfigError(f"data.source: '{source}' mixes formats {sorted(suffixes)}; "
+                          "expected files of one format")
+    return files
+
+
+def _stream(source: str, read):
+    """Run ``read``; a failure becomes one line naming the source (bad file, no network, ...)."""
+    try:
+        return read()
+    except ConfigError:
+        raise
+    except Exception as error:
+        reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"data.source: cannot read '{source}': {reason}") from error
+
+
+def is_local(source: str) -> bool:
+    return any(ch in source for ch in "*?[") or os.path.exists(source) or source.startswith(("/", "."))
+
+
+def open_corpus(source: str, text_field: str = "text", label_field: str | None = None,
+                subset: str | None = None, split: str = "train", sample_by: str = "document",
+                trust_remote_code: bool = False) -> datasets.IterableDataset:
+    """Stream ``source`` as examples ``{"text": str}`` (plus ``"label"`` with a ``label_field``).
+
+    ``source`` is a local file, folder or glob (jsonl, json, parquet, csv, txt), a hub dataset id
+    (with ``subset`` and ``split``), or ``packaged:bbcnews``. Plain-text files give one document
+    per file (``sample_by="document"``), per line or per paragraph. The first example is read
+    to check the fields, so a wrong field name fails here, before any training.
+    """
+    if is_packaged(source):
+        stream = _packaged_corpus(source)
+        text_field, label_field = "text", ("label" if label_field else None)
+    elif is_local(source):
+        files = local_files(source)
+        if all(os.path.getsize(f) == 0 for f in files):
+            raise ConfigError(f"data.source: corpus '{source}' is empty")
+        builder = BUILDERS[Path(files[0]).suffix]
+        kwargs = {"sample_by": sample_by} if builder == "text" else {}
+        stream = _stream(source, lambda: datasets.load_dataset(builder, data_files=files, split="train",
+                                                               streaming=True, **kwargs))
+    else:
+        kwargs = {"trust_remote_code": True} if trust_remote_code else {}
+        stream = _stream(source, lambda: datasets.load_dataset(source, name=subset, split=split,
+                                                               streaming=True, **kwargs))
+
+    first = _stream(source, lambda: next(iter(stream), None))
+    if first is None:
+        raise ConfigError(f"data.source: corpus '{source}' is empty")
+    for option, field in (("text_field", text_field), ("label_field", label_field)):
+        if field is not None and field not in first:
+            raise ConfigError(f"{option}: '{field}' is not a column of '{source}'; "
+                              f"its columns are {sorted(first)}")
+    columns = {text_field: "text", **({label_field: "label"} if label_field else {})}
+    stream = stream.select_columns(list(columns))
+    for old, new in columns.items():
+        if old != new:
+            stream = stream.rename_column(old, new)
+    return stream

@@ -1,0 +1,132 @@
+"""How one document becomes two views (a positive pair) of token ids.
+
+Each view class is chosen in YAML by ``class_path``; a custom one subclasses :class:`View`.
+Views see token ids without special tokens; the collator adds those and truncates.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+
+Tokenize = Callable[[str], list[int]]
+Pair = tuple[list[int], list[int]]
+
+# A sentence ends at . ! or ? (optionally followed by a closing quote or bracket) before
+# whitespace and an opening capital, digit or quote; line breaks always end a sentence.
+_SENTENCE_END = re.compile(
+    r"(?:(?<=[.!?])|(?<=[.!?][\"'”’)\]]))\s+(?=[\"'“‘(\[]?[A-Z0-9])|\s*\n\s*"
+)
+
+
+def split_sentences(text: str) -> list[str]:
+    """Split text into stripped, non-empty sentences (a light rule-based splitter)."""
+    return [s.strip() for s in _SENTENCE_END.split(text) if s and s.strip()]
+
+
+class View(ABC):
+    """Turns one document into two views, or None when the document cannot give a pair."""
+
+    @abstractmethod
+    def pair(self, text: str, tokenize: Tokenize, rng: random.Random) -> Pair | None:
+        """Two token-id lists for ``text``; ``rng`` is seeded per document, so pairs are reproducible."""
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({args})"
+
+
+class SentenceCrops(View):
+    """The paper's crops: two different random crops, each ``sentences_per_crop`` consecutive
+    sentences among those of ``min_chars``..``max_chars`` characters.
+
+    Crops do not overlap: the qualifying sentences are cut into consecutive groups, so the two
+    views of a pair never share a sentence. Documents with fewer than two crops are skipped.
+
+    Args:
+        min_chars: shortest sentence kept, in characters.
+        max_chars: longest sentence kept, in characters.
+        sentences_per_crop: qualifying sentences in one crop.
+    """
+
+    def __init__(self, min_chars: int = 100, max_chars: int = 250, sentences_per_crop: int = 2) -> None:
+        if not 0 <= min_chars <= max_chars:
+            raise ValueError(f"min_chars..max_chars: expected 0 <= min_chars <= max_chars, "
+                             f"got {min_chars}..{max_chars}")
+        if sentences_per_crop < 1:
+            raise ValueError(f"sentences_per_crop: expected >= 1, got {sentences_per_crop}")
+        self.min_chars = min_chars
+        self.max_chars = max_chars
+        self.sentences_per_crop = sentences_per_crop
+
+    def crops(self, text: str) -> list[str]:
+        """All crops of ``text``, in document order."""
+        kept = [s for s in split_sentences(text) if self.min_chars <= len(s) <= self.max_chars]
+        n = self.sentences_per_crop
+        return [" ".join(kept[i:i + n]) for i in range(0, len(kept) - n + 1, n)]
+
+    def pair(self, text: str, tokenize: Tokenize, rng: random.Random) -> Pair | None:
+        crops = self.crops(text)
+        if len(crops) < 2:
+            return None
+        first, second = rng.sample(crops, 2)
+        return tokenize(first), tokenize(second)
+
+
+class TokenCrops(View):
+    """Contriever's independent cropping: two random spans of the tokenized document, each
+    ``ratio_min``..``ratio_max`` of its length, placed independently (they may overlap).
+
+    Args:
+        ratio_min: shortest span as a fraction of the document's tokens.
+        ratio_max: longest span as a fraction of the document's tokens.
+        min_tokens: documents with fewer tokens are skipped.
+    """
+
+    def __init__(self, ratio_min: float = 0.1, ratio_max: float = 0.5, min_tokens: int = 2) -> None:
+        if not 0 < ratio_min <= ratio_max <= 1:
+            raise ValueError(f"ratio_min..ratio_max: expected 0 < ratio_min <= ratio_max <= 1, "
+                             f"got {ratio_min}..{ratio_max}")
+        self.ratio_min = ratio_min
+        self.ratio_max = ratio_max
+        self.min_tokens = max(min_tokens, 1)
+
+    def span(self, ids: list[int], rng: random.Random) -> list[int]:
+        length = max(1, round(rng.uniform(self.ratio_min, self.ratio_max) * len(ids)))
+        start = rng.randint(0, len(ids) - length)
+        return ids[start:start + length]
+
+    def pair(self, text: str, tokenize: Tokenize, rng: random.Random) -> Pair | None:
+        ids = tokenize(text)
+        if len(ids) < self.min_tokens:
+            return None
+        return self.span(ids, rng), self.span(ids, rng)
+
+
+class Dropout(SentenceCrops):
+    """Unsupervised SimCSE: the same text twice; the encoder's dropout makes the views differ.
+
+    The text is one random crop of the document (as in the paper), or with ``whole_document``
+    the whole document (truncated to the model's ``max_length`` by the collator).
+
+    Args:
+        whole_document: use the whole document instead of one crop.
+    """
+
+    def __init__(self, min_chars: int = 100, max_chars: int = 250, sentences_per_crop: int = 2,
+                 whole_document: bool = False) -> None:
+        super().__init__(min_chars, max_chars, sentences_per_crop)
+        self.whole_document = whole_document
+
+    def pair(self, text: str, tokenize: Tokenize, rng: random.Random) -> Pair | None:
+        if self.whole_document:
+            chosen = text if text.strip() else None
+        else:
+            crops = self.crops(text)
+            chosen = rng.choice(crops) if crops else None
+        if chosen is None:
+            return None
+        ids = tokenize(chosen)
+        return ids, list(ids)

@@ -1,0 +1,126 @@
+"""Encoders out of and back into files: Hugging Face + sentence-transformers folders, checkpoints.
+
+An exported folder serves both ``AutoModel.from_pretrained`` and ``SentenceTransformer``: the
+weights, config and tokenizer at the top, plus sentence-transformers' ``modules.json``,
+``sentence_bert_config.json`` and pooling folder describing the same pooling as training.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from lightning import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_only
+
+from lightning_app.errors import ConfigError
+from lightning_app.model.encoder import Encoder, load_tokenizer
+from lightning_app.packaged import resolve_model
+
+
+def export_encoder(encoder: Encoder, tokenizer, output: str | os.PathLike, max_seq_length: int = 512) -> Path:
+    """Write ``encoder`` and ``tokenizer`` to ``output`` as an HF and sentence-transformers folder."""
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    encoder.backbone.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    if encoder.normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+        (out / "2_Normalize").mkdir(exist_ok=True)
+    (out / "modules.json").write_text(json.dumps(modules, indent=2))
+    (out / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_seq_length, "do_lower_case": False}))
+    (out / "1_Pooling").mkdir(exist_ok=True)
+    pooling = {
+        "word_embedding_dimension": encoder.backbone.config.hidden_size,
+        "pooling_mode_cls_token": encoder.pooling == "cls",
+        "pooling_mode_mean_tokens": encoder.pooling == "mean",
+        "pooling_mode_max_tokens": False,
+        "pooling_mode_mean_sqrt_len_tokens": False,
+    }
+    (out / "1_Pooling" / "config.json").write_text(json.dumps(pooling, indent=2))
+    return out
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """A Lightning checkpoint's contents, loaded without executing pickled code."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ConfigError(f"checkpoint not found: '{path}'") from None
+    except Exception as error:  # truncated, corrupt, or not a checkpoint at all
+        raise ConfigError(f"checkpoint '{path}' cannot be read ({type(error).__name__}: "
+                          f"{str(error).splitlines()[0][:200]}); expected a complete Lightning .ckpt file") from None
+
+
+def encoder_from_checkpoint(path: str | os.PathLike) -> tuple[Encoder, dict]:
+    """The trained encoder of a checkpoint written by ``ContrastiveModule``, and its hyperparameters.
+
+    The architecture comes from the base model's config (``hyper_parameters.model``), the weights
+    from the checkpoint; nothing is unpickled.
+    """
+    checkpoint = read_checkpoint(path)
+    hp = checkpoint.get("hyper_parameters") or {}
+    if "model" not in hp or "state_dict" not in checkpoint:
+        raise ConfigError(f"checkpoint '{path}' was not written by lightning_app's ContrastiveModule "
+                          "(expected hyper_parameters.model and a state_dict)")
+    encoder = Encoder(hp["model"], hp.get("pooling", "mean"), hp.get("normalize", False),
+                      hp.get("frozen_layers", 0), hp.get("trust_remote_code", False), pretrained=False)
+    prefix = "encoder."
+    encoder.load_state_dict({k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)})
+    return encoder.eval(), hp
+
+
+def load_encoder(path_or_id: str, pooling: str | None = None, trust_remote_code: bool = False):
+    """(Encoder, tokenizer) from a Lightning .ckpt, an exported folder, a hub id or ``packaged:``."""
+    if str(path_or_id).endswith(".ckpt"):
+        encoder, hp = encoder_from_checkpoint(path_or_id)
+        tokenizer = load_tokenizer(hp["model"], hp.get("trust_remote_code", False))
+        if pooling:
+            encoder.pooling = pooling
+    else:
+        encoder = Encoder(path_or_id, pooling or _folder_pooling(path_or_id), trust_remote_code=trust_remote_code)
+        tokenizer = load_tokenizer(path_or_id, trust_remote_code)
+    return encoder.eval(), tokenizer
+
+
+def _folder_pooling(path_or_id: str) -> str:
+    """The pooling a sentence-transformers folder declares (mean when it declares none)."""
+    config = Path(resolve_model(path_or_id)) / "1_Pooling" / "config.json"
+    if config.exists() and json.loads(config.read_text()).get("pooling_mode_cls_token"):
+        return "cls"
+    return "mean"
+
+
+class ExportEncoder(Callback):
+    """At the end of fit, export the encoder to ``<log dir>/export`` (or ``dirpath``).
+
+    Args:
+        dirpath: where to write; default: the run's log directory + ``/export``.
+        max_seq_length: the sentence-transformers folder's maximum sequence length.
+    """
+
+    def __init__(self, dirpath: str | None = None, max_seq_length: int = 512) -> None:
+        self.dirpath = dirpath
+        self.max_seq_length = max_seq_length
+
+    @rank_zero_only
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        target = self.dirpath or os.path.join(trainer.log_dir or trainer.default_root_dir, "export")
+        export_encoder(pl_module.encoder, pl_module.tokenizer, target, self.max_seq_length)
+        print(f"exported the encoder to {target}")
+
+
+def export_command(ckpt_path: str, output: str, max_seq_length: int = 512) -> None:
+    """Export a checkpoint's encoder as a Hugging Face and sentence-transformers folder.
+
+    Args:
+        ckpt_path: a .ckpt file written by ``lightning fit``.
+        output: the folder to write (created if missing; existing files with the same names are replaced).
+        max_seq_length: the sentence-transformers folder's maximum sequence length.
+    """
+    encoder, tokenizer = load_encoder(ckpt_path)
+    print(f"exported {ckpt_path} to {export_encoder(encoder, tokenizer, output, max_seq_length)}")

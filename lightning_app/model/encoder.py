@@ -1,0 +1,103 @@
+"""A Hugging Face encoder with pooling, a frozen prefix of layers and per-layer embeddings."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+from lightning_app.errors import ConfigError
+from lightning_app.packaged import resolve_model
+
+Pooling = Literal["mean", "cls"]
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: Pooling = "mean") -> torch.Tensor:
+    """(B, T, H) token states -> (B, H): mean over non-padding tokens, or the first token."""
+    if pooling == "cls":
+        return hidden[:, 0]
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+
+
+def load_tokenizer(model: str, trust_remote_code: bool = False):
+    return AutoTokenizer.from_pretrained(resolve_model(model), trust_remote_code=trust_remote_code)
+
+
+def transformer_layers(backbone: nn.Module) -> nn.ModuleList:
+    """The stack of transformer blocks (``encoder.layer`` in BERT, RoBERTa and MPNet)."""
+    count = backbone.config.num_hidden_layers
+    for module in backbone.modules():
+        if isinstance(module, nn.ModuleList) and len(module) == count:
+            return module
+    raise ConfigError(f"cannot find the {count} transformer layers of {type(backbone).__name__}")
+
+
+class Encoder(nn.Module):
+    """Token ids -> one pooled embedding per text (or per layer).
+
+    Args:
+        model: hub id, local folder, or ``packaged:minilm``.
+        pooling: ``mean`` over non-padding tokens (the paper's choice) or ``cls``.
+        normalize: L2-normalise the pooled embedding.
+        frozen_layers: freeze the embeddings and the first N transformer layers; 0 trains all.
+        trust_remote_code: run model code shipped with a hub model (off unless asked for).
+        attn_implementation: passed to ``from_pretrained`` (e.g. ``sdpa``, ``eager``); None keeps
+            the library's default.
+        pretrained: load the weights; False builds the architecture only (weights to be loaded
+            from a checkpoint).
+    """
+
+    def __init__(self, model: str, pooling: Pooling = "mean", normalize: bool = False,
+                 frozen_layers: int = 0, trust_remote_code: bool = False,
+                 attn_implementation: str | None = None, pretrained: bool = True) -> None:
+        super().__init__()
+        if pooling not in ("mean", "cls"):
+            raise ConfigError(f"pooling: expected 'mean' or 'cls', got {pooling!r}")
+        kwargs = {"trust_remote_code": trust_remote_code}
+        if attn_implementation:
+            kwargs["attn_implementation"] = attn_implementation
+        path = resolve_model(model)
+        if pretrained:
+            self.backbone = AutoModel.from_pretrained(path, **kwargs)
+        else:
+            self.backbone = AutoModel.from_config(AutoConfig.from_pretrained(path, **kwargs), **kwargs)
+        self.pooling = pooling
+        self.normalize = normalize
+        self.frozen_layers = frozen_layers
+        self.freeze(frozen_layers)
+        self.train()  # from_pretrained returns eval mode; training needs the encoder's dropout
+
+    @property
+    def num_layers(self) -> int:
+        return self.backbone.config.num_hidden_layers
+
+    def freeze(self, frozen_layers: int) -> None:
+        """Freeze the embeddings and the first ``frozen_layers`` blocks; the pooler head is unused."""
+        if not isinstance(frozen_layers, int) or not 0 <= frozen_layers <= self.num_layers:
+            raise ConfigError(f"model.frozen_layers: expected an integer in 0..{self.num_layers} "
+                              f"(this model has {self.num_layers} layers), got {frozen_layers!r}")
+        layers = transformer_layers(self.backbone)
+        in_layers = {id(p) for p in layers.parameters()}
+        pooler = getattr(self.backbone, "pooler", None)
+        in_pooler = {id(p) for p in pooler.parameters()} if isinstance(pooler, nn.Module) else set()
+        for param in self.backbone.parameters():
+            # Everything outside the blocks (embeddings, shared position biases) feeds layer 1.
+            outside = id(param) not in in_layers
+            param.requires_grad_(not (id(param) in in_pooler or (outside and frozen_layers > 0)))
+        for block in layers[:frozen_layers]:
+            block.requires_grad_(False)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self._finish(pool(hidden, attention_mask, self.pooling))
+
+    def layer_embeddings(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(num_layers + 1, B, H): every hidden state (embeddings first) pooled, from one forward pass."""
+        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+        return torch.stack([self._finish(pool(h, attention_mask, self.pooling)) for h in out.hidden_states])
+
+    def _finish(self, embedding: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(embedding, dim=-1) if self.normalize else embedding

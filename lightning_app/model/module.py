@@ -1,0 +1,118 @@
+"""The LightningModule: contrastive fine-tuning of an encoder on pairs of views."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from lightning import LightningModule
+from torch.nn import functional as F
+from transformers import get_linear_schedule_with_warmup
+
+from lightning_app.errors import ConfigError
+from lightning_app.model.encoder import Encoder, Pooling, load_tokenizer
+from lightning_app.model.loss import info_nce
+
+
+class ContrastiveModule(LightningModule):
+    """Fine-tunes a Hugging Face encoder with InfoNCE on pairs of views, without labels.
+
+    Args:
+        model: hub id, local folder, or ``packaged:minilm`` (the default, offline).
+        pooling: ``mean`` over non-padding tokens (the paper's choice) or ``cls``.
+        normalize: L2-normalise embeddings at inference and export (the loss always uses cosine).
+        frozen_layers: freeze the embeddings and the first N transformer layers (0..num_layers);
+            0 trains everything.
+        temperature: InfoNCE temperature (the paper: 0.05); must be > 0.
+        symmetric: average the loss over both directions (a->b and b->a).
+        gather_negatives: under DDP, use every device's views as negatives (global batch).
+        optimizer: ``adam`` (the paper) or ``adamw``.
+        lr: peak learning rate (the paper: 2e-5).
+        weight_decay: weight decay of the optimizer.
+        warmup_fraction: linear warmup over this share of the steps, then linear decay to 0.
+        trust_remote_code: run model code shipped with a hub model (off unless asked for).
+        attn_implementation: ``sdpa``, ``eager``, ...; None keeps the library's default.
+    """
+
+    def __init__(self, model: str = "packaged:minilm", pooling: Pooling = "mean", normalize: bool = False,
+                 frozen_layers: int = 0, temperature: float = 0.05, symmetric: bool = False,
+                 gather_negatives: bool = True, optimizer: Literal["adam", "adamw"] = "adam",
+                 lr: float = 2e-5, weight_decay: float = 0.0, warmup_fraction: float = 0.1,
+                 trust_remote_code: bool = False, attn_implementation: str | None = None) -> None:
+        super().__init__()
+        if temperature <= 0:
+            raise ConfigError(f"model.temperature: expected > 0, got {temperature}")
+        if not 0 <= warmup_fraction <= 1:
+            raise ConfigError(f"model.warmup_fraction: expected 0..1, got {warmup_fraction}")
+        if lr <= 0:
+            raise ConfigError(f"model.lr: expected > 0, got {lr}")
+        self.save_hyperparameters()
+        self.encoder = Encoder(model, pooling, normalize, frozen_layers, trust_remote_code, attn_implementation)
+        self.flops_per_batch: int | None = None  # read by ThroughputMonitor (PairThroughput)
+
+    @property
+    def tokenizer(self):
+        """The encoder's tokenizer, loaded on first use (callbacks and export read it)."""
+        if not hasattr(self, "_tokenizer"):
+            self._tokenizer = load_tokenizer(self.hparams.model, self.hparams.trust_remote_code)
+        return self._tokenizer
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.encoder(input_ids, attention_mask)
+
+    def _gather(self, x: torch.Tensor) -> torch.Tensor:
+        """All devices' rows (gradients flow back to each device's own rows)."""
+        return self.all_gather(x, sync_grads=True).flatten(0, 1)
+
+    def contrastive_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One forward over both views (2B rows) and the loss with gathered negatives."""
+        embeddings = self(batch["input_ids"], batch["attention_mask"])
+        a, b = embeddings.chunk(2)
+        distributed = self.hparams.gather_negatives and self.trainer.world_size > 1
+        a_all, b_all = (self._gather(a), self._gather(b)) if distributed else (None, None)
+        offset = self.trainer.global_rank * a.shape[0] if distributed else 0
+        loss, accuracy = info_nce(a, b, self.hparams.temperature, self.hparams.symmetric, a_all, b_all, offset)
+        spread = F.normalize(embeddings.detach(), dim=-1).std(0).mean()
+        return {"loss": loss, "acc": accuracy, "embedding_std": spread}
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int):
+        self.flops_per_batch = self.estimate_flops(int(batch["attention_mask"].sum()))
+        out = self.contrastive_step(batch)
+        pairs = batch["input_ids"].shape[0] // 2
+        self.log_dict({f"train/{k}": v.detach() for k, v in out.items()}, prog_bar=True, batch_size=pairs)
+        self.log("train/docs_skipped", batch["docs_skipped"].float(), reduce_fx="sum", batch_size=pairs)
+        return out["loss"] if self.trainable_parameters() else None
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        out = self.contrastive_step(batch)
+        self.log_dict({f"val/{k}": v for k, v in out.items()}, sync_dist=True, batch_size=batch["input_ids"].shape[0] // 2)
+
+    def on_train_epoch_start(self) -> None:
+        """Reshuffle the stream and redraw the views each epoch (iterable datasets have no sampler)."""
+        dataset = getattr(self.trainer.train_dataloader, "dataset", None)
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(self.current_epoch)
+
+    def estimate_flops(self, tokens: int) -> int:
+        """Training FLOPs for ``tokens`` non-padding tokens: 2 per parameter and token forward,
+        4 per trainable parameter and token backward (attention's quadratic term left out)."""
+        total = sum(p.numel() for p in self.parameters())
+        trainable = sum(p.numel() for p in self.trainable_parameters())
+        return (2 * total + 4 * trainable) * tokens
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def configure_optimizers(self):
+        params = self.trainable_parameters()
+        if not params:
+            return None
+        hp = self.hparams
+        optimizer_class = torch.optim.AdamW if hp.optimizer == "adamw" else torch.optim.Adam
+        optimizer = optimizer_class(params, lr=hp.lr, weight_decay=hp.weight_decay)
+        total = self.trainer.estimated_stepping_batches
+        if total == float("inf"):
+            raise ConfigError("trainer.max_steps: a streamed corpus has no known length; set "
+                              "trainer.max_steps so the warmup and decay schedule can be computed")
+        schedule = get_linear_schedule_with_warmup(optimizer, round(hp.warmup_fraction * total), int(total))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -1,0 +1,73 @@
+import pytest
+import torch
+
+from lightning_app.errors import ConfigError
+from lightning_app.model.encoder import Encoder, pool
+from lightning_app.model.module import ContrastiveModule
+from tests.conftest import save_tiny_model
+
+
+def test_mean_pooling_ignores_padding():
+    hidden = torch.tensor([[[1.0, 1.0], [3.0, 5.0], [100.0, 100.0]]])
+    assert pool(hidden, torch.tensor([[1, 1, 0]])).tolist() == [[2.0, 3.0]]
+    assert pool(hidden, torch.tensor([[1, 1, 0]]), "cls").tolist() == [[1.0, 1.0]]
+
+
+@pytest.mark.parametrize("kind", ["bert", "roberta", "mpnet"])
+def test_frozen_prefix_for_each_layout(tmp_path, tokenizer, kind):
+    encoder = Encoder(save_tiny_model(tmp_path, tokenizer, kind), frozen_layers=1)
+    trainable = {n for n, p in encoder.named_parameters() if p.requires_grad}
+    assert trainable and all(".layer.1." in n for n in trainable)
+    assert not any("embeddings" in n or ".layer.0." in n or "pooler" in n for n in trainable)
+    assert all(p.requires_grad for n, p in encoder.named_parameters() if ".layer.1." in n)
+    full = Encoder(str(tmp_path), frozen_layers=0)
+    assert {n for n, p in full.named_parameters() if not p.requires_grad} == {
+        n for n, _ in full.named_parameters() if "pooler" in n}
+
+
+def test_frozen_parameters_stay_bit_identical(tiny_model, tokenizer):
+    module = ContrastiveModule(tiny_model, frozen_layers=1, lr=1e-2)
+    before = {n: p.detach().clone() for n, p in module.named_parameters()}
+    optimizer = torch.optim.Adam(module.trainable_parameters(), lr=1e-2)
+    batch = tokenizer(["one text here", "another text", "one text there", "another one"], padding=True,
+                      return_tensors="pt")
+    for _ in range(3):
+        a, b = module(batch["input_ids"], batch["attention_mask"]).chunk(2)
+        from lightning_app.model.loss import info_nce
+        info_nce(a, b)[0].backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    for name, param in module.named_parameters():
+        if param.requires_grad:
+            assert not torch.equal(param, before[name]), name
+        else:
+            assert torch.equal(param, before[name]), name
+
+
+def test_layer_embeddings_come_from_one_forward_pass(tiny_model, tokenizer):
+    encoder = Encoder(tiny_model).eval()
+    batch = tokenizer(["a short text", "a somewhat longer text here"], padding=True, return_tensors="pt")
+    layers = encoder.layer_embeddings(batch["input_ids"], batch["attention_mask"])
+    assert layers.shape == (3, 2, 32)
+    assert torch.allclose(layers[-1], encoder(batch["input_ids"], batch["attention_mask"]), atol=1e-6)
+
+
+def test_encoder_trains_with_dropout_on(tiny_model):
+    encoder = Encoder(tiny_model)
+    assert encoder.training and encoder.backbone.training
+
+
+@pytest.mark.parametrize("frozen", [-1, 3])
+def test_frozen_layers_out_of_range(tiny_model, frozen):
+    with pytest.raises(ConfigError, match=r"model.frozen_layers: expected an integer in 0..2"):
+        Encoder(tiny_model, frozen_layers=frozen)
+
+
+@pytest.mark.parametrize("option,value,message", [
+    ("temperature", 0.0, "model.temperature: expected > 0"),
+    ("temperature", -0.05, "model.temperature: expected > 0"),
+    ("lr", 0.0, "model.lr: expected > 0"),
+])
+def test_bad_module_options(tiny_model, option, value, message):
+    with pytest.raises(ConfigError, match=message):
+        ContrastiveModule(tiny_model, **{option: value})

@@ -1,0 +1,135 @@
+"""End to end through the ``lightning`` command: fit, logs, checkpoints, export and bad input."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from lightning_app.cli import main
+from lightning_app.export import load_encoder
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def fit_args(run_dir, *extra) -> list[str]:
+    return ["fit", "--config", str(ROOT / "configs/crop.yaml"), f"--trainer.default_root_dir={run_dir}",
+            f"--trainer.logger.init_args.save_dir={run_dir}", *extra]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, tiny_model):
+    """A 30-step run of configs/crop.yaml on BBC with the tiny encoder, through the console script."""
+    run_dir = tmp_path_factory.mktemp("run")
+    args = fit_args(run_dir, f"--model.model={tiny_model}", "--model.lr=1e-3", "--trainer.max_steps=30",
+                    "--data.batch_size=8", "--data.max_length=64", "--data.num_workers=0")
+    done = subprocess.run(["lightning", *args], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return run_dir / "crop" / "version_0"
+
+
+def scalars(log_dir: Path, tag: str) -> list[tuple[int, float]]:
+    events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    return [(e.step, e.value) for e in events.Scalars(tag)]
+
+
+def test_fit_writes_checkpoints_and_tensorboard_logs(tiny_run):
+    assert (tiny_run / "checkpoints" / "last.ckpt").exists()
+    assert (tiny_run / "config.yaml").exists()
+    for tag in ("train/loss", "train/acc", "train/embedding_std", "lr-Adam", "train/device/samples_per_sec",
+                "train/device/items_per_sec"):
+        assert scalars(tiny_run, tag), tag
+    assert [step for step, _ in scalars(tiny_run, "train/loss")] == list(range(30))
+
+
+def test_loss_falls_over_a_short_run(tiny_run):
+    val = [value for _, value in scalars(tiny_run, "val/loss")]
+    train = [value for _, value in scalars(tiny_run, "train/loss")]
+    assert len(val) == 3 and val[-1] < val[0]
+    assert sum(train[-5:]) < sum(train[:5])
+
+
+def test_learning_rate_warms_up_then_decays(tiny_run):
+    lr = [value for _, value in scalars(tiny_run, "lr-Adam")]
+    peak = lr.index(max(lr))
+    assert max(lr) == pytest.approx(1e-3, rel=0.05) and 1 <= peak <= 4
+    assert all(a >= b for a, b in zip(lr[peak:], lr[peak + 1:])) and lr[-1] < 0.1 * max(lr)
+
+
+def embeddings(encoder, tokenizer, texts):
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        return encoder(batch["input_ids"], batch["attention_mask"])
+
+
+def test_export_reproduces_the_module_embeddings(tiny_run, tmp_path):
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoModel
+
+    texts = ["Shares rose sharply after the results.", "The striker scored twice in the final."]
+    trained, tokenizer = load_encoder(str(tiny_run / "checkpoints" / "last.ckpt"))
+    expected = embeddings(trained, tokenizer, texts)
+    exported = tiny_run / "export"
+    main(["export", str(tiny_run / "checkpoints" / "last.ckpt"), str(tmp_path / "again")])
+    for folder in (exported, tmp_path / "again"):
+        torch.testing.assert_close(embeddings(load_encoder(str(folder))[0], tokenizer, texts), expected)
+        hf = AutoModel.from_pretrained(folder)
+        batch = tokenizer(texts, padding=True, return_tensors="pt")
+        with torch.no_grad():
+            hidden = hf(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1)
+        torch.testing.assert_close((hidden * mask).sum(1) / mask.sum(1), expected, atol=1e-5, rtol=1e-4)
+        sentence_model = SentenceTransformer(str(folder), device="cpu")
+        torch.testing.assert_close(sentence_model.encode(texts, convert_to_tensor=True), expected, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in (ROOT / "configs").rglob("*.yaml")))
+def test_every_config_parses(config, capsys):
+    path = next((ROOT / "configs").rglob(config))
+    with pytest.raises(SystemExit) as done:
+        main(["fit", "--config", str(path), "--print_config"])
+    assert done.value.code == 0
+    assert "class_path: lightning_app.data.views." in capsys.readouterr().out
+
+
+def bad_input_cases(tmp_path, tiny_model):
+    short = tmp_path / "short.jsonl"
+    short.write_text('{"text": "Too short."}\n' * 5)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    other = tmp_path / "other.jsonl"
+    other.write_text('{"body": "x", "title": "y"}\n')
+    return [
+        (["--data.source", str(tmp_path / "missing.jsonl")], "data.source: file not found: '"),
+        (["--data.source", str(tmp_path / "*.parquet")], "data.source: no file matches the glob '"),
+        (["--data.source", str(other)], "text_field: 'text' is not a column of '"),
+        (["--data.source", str(empty)], "is empty"),
+        (["--data.source", str(short)], "yields a pair"),
+        (["--model.frozen_layers", "9"], "model.frozen_layers: expected an integer in 0..2"),
+        (["--model.temperature", "0"], "model.temperature: expected > 0, got 0.0"),
+    ]
+
+
+def test_bad_input_stops_with_one_clear_line_and_keeps_earlier_files(tmp_path, tiny_model, capsys):
+    run_dir = tmp_path / "runs"
+    earlier = run_dir / "crop" / "version_0" / "checkpoints" / "last.ckpt"
+    earlier.parent.mkdir(parents=True)
+    earlier.write_bytes(b"an earlier checkpoint")
+    for extra, message in bad_input_cases(tmp_path, tiny_model):
+        with pytest.raises(SystemExit) as done:
+            main(fit_args(run_dir, f"--model.model={tiny_model}", "--data.num_workers=0", *extra))
+        err = capsys.readouterr().err.strip().splitlines()
+        assert done.value.code == 2, extra
+        assert err[-1].startswith("error: ") and message in err[-1], (extra, err[-3:])
+    assert earlier.read_bytes() == b"an earlier checkpoint"
+
+
+def test_module_entry_point_shows_help():
+    done = subprocess.run([sys.executable, "-m", "lightning_app", "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "lightning fit --config configs/crop.yaml" in done.stdout
+    assert "lightning mteb --help" in done.stdout
