@@ -1,6 +1,7 @@
 """End to end through the ``lightning`` command: fit, logs, checkpoints, export and bad input."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -61,6 +62,34 @@ def test_learning_rate_warms_up_then_decays(tiny_run):
     assert all(a >= b for a, b in zip(lr[peak:], lr[peak + 1:])) and lr[-1] < 0.1 * max(lr)
 
 
+def test_probe_logs_every_layer_from_step_0_drift_the_figure_and_the_projector(tiny_run):
+    events = EventAccumulator(str(tiny_run), size_guidance={"scalars": 0, "images": 0})
+    events.Reload()
+    tags = events.Tags()
+    steps = lambda tag: [e.step for e in events.Scalars(tag)]  # noqa: E731
+    for layer in ("00", "01", "02"):  # the tiny encoder: embeddings + 2 layers
+        assert steps(f"probe/bbcnews/knn_acc/layer_{layer}") == [0, 10, 20, 30]
+        assert steps(f"drift/layer_{layer}") == list(range(31))
+        assert events.Scalars(f"drift/layer_{layer}")[0].value == 0.0 < events.Scalars(f"drift/layer_{layer}")[-1].value
+    assert "probe/bbcnews/knn_acc/layer_03" not in tags["scalars"]
+    last = [(e.step, e.value) for e in events.Scalars("probe/bbcnews/knn_acc")]
+    assert last == [(e.step, e.value) for e in events.Scalars("probe/bbcnews/knn_acc/layer_02")]
+    assert all(0.0 <= value <= 1.0 for _, value in last)
+    for tag in ("probe/bbcnews/alignment", "probe/bbcnews/uniformity"):
+        assert steps(tag) == [0, 10, 20, 30], tag
+    assert [image.step for image in events.Images("probe/bbcnews/knn_acc_by_layer")] == [0, 10, 20, 30]
+    assert 'tensor_name: "probe/bbcnews:00030"' in (tiny_run / "projector_config.pbtxt").read_text()
+    projected = next(tiny_run.glob("00030/*/tensors.tsv")).read_text().splitlines()
+    labels = next(tiny_run.glob("00030/*/metadata.tsv")).read_text().splitlines()
+    assert len(projected) == 500 and labels[0] == "label\ttext" and len(labels) == 501
+    assert {row.split("\t")[0] for row in labels[1:]} == {"business", "entertainment", "politics", "sports", "tech"}
+
+
+def test_best_probe_checkpoint_has_a_flat_file_name(tiny_run):
+    best = [p.name for p in (tiny_run / "checkpoints").rglob("best-*")]
+    assert len(best) == 1 and re.fullmatch(r"best-step0000[123]0-knn_acc\d\.\d{3}\.ckpt", best[0]), best
+
+
 def embeddings(encoder, tokenizer, texts):
     batch = tokenizer(texts, padding=True, return_tensors="pt")
     with torch.no_grad():
@@ -104,6 +133,10 @@ def bad_input_cases(tmp_path, tiny_model):
     empty.write_text("")
     other = tmp_path / "other.jsonl"
     other.write_text('{"body": "x", "title": "y"}\n')
+    labelled = tmp_path / "labelled.jsonl"
+    labelled.write_text("".join(f'{{"text": "document {i}", "topic": {i % 3}}}\n' for i in range(60)))
+    probe = lambda path: ["--trainer.callbacks+=lightning_app.probes.callbacks.LayerProbe",  # noqa: E731
+                          f'--trainer.callbacks.corpora=[{{"name": "mine", "source": "{path}", "label_field": "topic"}}]']
     return [
         (["--data.source", str(tmp_path / "missing.jsonl")], "data.source: file not found: '"),
         (["--data.source", str(tmp_path / "*.parquet")], "data.source: no file matches the glob '"),
@@ -112,6 +145,8 @@ def bad_input_cases(tmp_path, tiny_model):
         (["--data.source", str(short)], "yields a pair"),
         (["--model.frozen_layers", "9"], "model.frozen_layers: expected an integer in 0..2"),
         (["--model.temperature", "0"], "model.temperature: expected > 0, got 0.0"),
+        (probe(other), "probe corpus 'mine': label_field: 'topic' is not a column of '"),
+        (probe(labelled), "(60 sampled, test_fraction=0.1); expected at least k+1 = 11 in each split"),
     ]
 
 

@@ -6,7 +6,7 @@ from typing import Literal
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoTokenizer
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
 
 from lightning_app.errors import ConfigError
 from lightning_app.packaged import resolve_model
@@ -90,6 +90,19 @@ class Encoder(nn.Module):
         for block in layers[:frozen_layers]:
             block.requires_grad_(False)
 
+    def layer_parameters(self) -> list[list[nn.Parameter]]:
+        """Parameters grouped like the hidden states: ``[embeddings, block 1, ..., block N]``.
+
+        Group 0 holds everything outside the blocks that feeds block 1 (embeddings, shared position
+        biases); the unused pooler head is left out.
+        """
+        layers = transformer_layers(self.backbone)
+        pooler = getattr(self.backbone, "pooler", None)
+        elsewhere = {id(p) for p in layers.parameters()}
+        elsewhere |= {id(p) for p in pooler.parameters()} if isinstance(pooler, nn.Module) else set()
+        embeddings = [p for p in self.backbone.parameters() if id(p) not in elsewhere]
+        return [embeddings] + [list(block.parameters()) for block in layers]
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return self._finish(pool(hidden, attention_mask, self.pooling))
@@ -98,6 +111,18 @@ class Encoder(nn.Module):
         """(num_layers + 1, B, H): every hidden state (embeddings first) pooled, from one forward pass."""
         out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
         return torch.stack([self._finish(pool(h, attention_mask, self.pooling)) for h in out.hidden_states])
+
+    def __setstate__(self, state: dict) -> None:
+        """Unpickled in a fresh process (``ddp_spawn``): transformers 5 returns hidden states only for
+        model classes built in this process, so register the backbone's recordable outputs again."""
+        super().__setstate__(state)
+        try:
+            from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY
+        except ImportError:  # transformers 4 needs no registry
+            return
+        for module in self.backbone.modules():
+            if isinstance(module, PreTrainedModel):
+                _CAN_RECORD_REGISTRY[module] = module._can_record_outputs
 
     def _finish(self, embedding: torch.Tensor) -> torch.Tensor:
         return nn.functional.normalize(embedding, dim=-1) if self.normalize else embedding
