@@ -11,6 +11,7 @@ import os
 import signal
 import tempfile
 
+import torch
 from lightning import Callback, LightningModule, Trainer
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -19,18 +20,25 @@ from lightning.pytorch.utilities import rank_zero_only
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes a checkpoint to a temporary file in the same folder, then renames it over the
-    target: a kill during a save leaves the previous file intact, never a truncated one."""
+    """Writes a local checkpoint to a temporary file in the target's folder, flushes it to disk
+    and renames it over the target: a kill during a save leaves the previous file whole.
+
+    (Lightning's own save writes to the system temp folder and moves the file, which is a copy,
+    interruptible half-way, when that folder is on another file system than the runs.)
+    Remote paths (``s3://``, ...) keep Lightning's save.
+    """
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        if "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
         folder = os.path.dirname(os.path.abspath(path))
         os.makedirs(folder, exist_ok=True)
         handle, partial = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".partial", dir=folder)
-        os.close(handle)
         try:
-            super().save_checkpoint(checkpoint, partial, storage_options)
-            with open(partial, "rb") as written:
-                os.fsync(written.fileno())
+            with os.fdopen(handle, "wb") as file:
+                torch.save(checkpoint, file)
+                file.flush()
+                os.fsync(file.fileno())
             os.replace(partial, path)
         finally:
             if os.path.exists(partial):

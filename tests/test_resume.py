@@ -89,8 +89,8 @@ def test_a_save_that_dies_midway_keeps_the_previous_checkpoint(tmp_path, monkeyp
     io.save_checkpoint({"step": 1}, target)
     before = target.read_bytes()
 
-    def die_midway(checkpoint, f, *args, **kwargs):
-        Path(f).write_bytes(b"half a checkpoint")
+    def die_midway(checkpoint, file, *args, **kwargs):
+        file.write(b"half a checkpoint")
         raise OSError("killed during the save")
 
     monkeypatch.setattr(torch, "save", die_midway)

@@ -7,6 +7,7 @@ import hashlib
 import logging
 import os
 import random
+import warnings
 from functools import partial
 from itertools import islice
 
@@ -24,6 +25,9 @@ from lightning_app.errors import ConfigError
 from lightning_app.model.encoder import load_tokenizer
 
 log = logging.getLogger(__name__)
+# Lightning warns that an iterable dataset's length may be wrong with several workers; the
+# training loader's length is the run's length in batches, whatever the workers read.
+warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
 
 
 def _unit_hash(*parts: object) -> int:
