@@ -5,11 +5,18 @@ from __future__ import annotations
 import sys
 
 from jsonargparse import CLI
+from lightning import Trainer
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from lightning_app.data.datamodule import ContrastiveDataModule
 from lightning_app.errors import ConfigError
+from lightning_app.export import read_checkpoint
 from lightning_app.model.module import ContrastiveModule
+from lightning_app.preemption import AtomicCheckpointIO, ContinueLogs, StepBoundaryRequeue
+
+# ``--ckpt_path`` values Lightning resolves itself (the newest last/hpc/best checkpoint).
+SPECIAL_CKPT_PATHS = {"last", "hpc", "best"}
 
 DESCRIPTION = """Self-supervised fine-tuning of text embedding models (crops, token crops, dropout).
 
@@ -19,11 +26,32 @@ Other commands:  lightning export --help   (checkpoint -> HF / sentence-transfor
 
 
 class ContrastiveCLI(LightningCLI):
-    """LightningCLI whose data module always tokenizes like the model it feeds."""
+    """LightningCLI whose data module always tokenizes like the model it feeds, and whose
+    trainer survives preemption (atomic checkpoints, requeue at a step boundary, continuous
+    logs; see ``lightning_app.preemption``)."""
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("model.model", "data.tokenizer")
         parser.link_arguments("model.trust_remote_code", "data.trust_remote_code")
+
+    def instantiate_trainer(self, **kwargs) -> Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        trainer.callbacks.extend([StepBoundaryRequeue(), ContinueLogs()])
+        return trainer
+
+    def parse_arguments(self, parser, args) -> None:
+        """Also checks ``--ckpt_path`` before anything reads it: one clear line if it is not a
+        complete checkpoint (the file is left untouched)."""
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if path is not None and str(path) not in SPECIAL_CKPT_PATHS:
+            try:
+                read_checkpoint(path)
+            except ConfigError as error:
+                raise ConfigError(f"ckpt_path: {error}") from None
 
 
 def _export(args: list[str]) -> None:

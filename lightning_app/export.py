@@ -13,7 +13,6 @@ from pathlib import Path
 
 import torch
 from lightning import Callback, LightningModule, Trainer
-from lightning.pytorch.utilities import rank_zero_only
 
 from lightning_app.errors import ConfigError
 from lightning_app.model.encoder import Encoder, load_tokenizer
@@ -107,11 +106,12 @@ class ExportEncoder(Callback):
         self.dirpath = dirpath
         self.max_seq_length = max_seq_length
 
-    @rank_zero_only
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Every rank asks for log_dir: under DDP it is a broadcast from rank 0.
         target = self.dirpath or os.path.join(trainer.log_dir or trainer.default_root_dir, "export")
-        export_encoder(pl_module.encoder, pl_module.tokenizer, target, self.max_seq_length)
-        print(f"exported the encoder to {target}")
+        if trainer.is_global_zero:
+            export_encoder(pl_module.encoder, pl_module.tokenizer, target, self.max_seq_length)
+            print(f"exported the encoder to {target}")
 
 
 def export_command(ckpt_path: str, output: str, max_seq_length: int = 512) -> None:

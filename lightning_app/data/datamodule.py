@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import os
 import random
+import warnings
+from functools import partial
+from itertools import islice
 
 import torch
 from datasets.distributed import split_dataset_by_node
@@ -13,6 +17,7 @@ from jsonargparse import lazy_instance
 from lightning import LightningDataModule
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, IterableDataset
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from lightning_app.data.sources import open_corpus
 from lightning_app.data.views import SentenceCrops, View
@@ -20,6 +25,9 @@ from lightning_app.errors import ConfigError
 from lightning_app.model.encoder import load_tokenizer
 
 log = logging.getLogger(__name__)
+# Lightning warns that an iterable dataset's length may be wrong with several workers; the
+# training loader's length is the run's length in batches, whatever the workers read.
+warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
 
 
 def _unit_hash(*parts: object) -> int:
@@ -39,44 +47,98 @@ def document_rng(seed: int, epoch: int, text: str) -> random.Random:
     return random.Random(_unit_hash(seed, epoch, text))
 
 
-class PairStream(IterableDataset):
-    """Streams documents and yields ``{"a": ids, "b": ids, "skipped": n}`` pairs.
+def document_pair(view: View, text: str | None, tokenize, seed: int, epoch: int):
+    """The document's two views as token ids, or None when it gives no pair."""
+    pair = view.pair(text, tokenize, document_rng(seed, epoch, text)) if text else None
+    return pair if pair is not None and pair[0] and pair[1] else None
 
-    Tokenization runs here, in the dataloader workers. ``skipped`` counts the documents dropped
-    (no pair) since the previous yield, so the training step can log how many were skipped.
+
+def document_pairs(documents, view: View, tokenize, seed: int, epoch: int = 0) -> list[dict]:
+    """``{"a": ids, "b": ids}`` for each of ``documents`` that gives a pair."""
+    pairs = (document_pair(view, doc["text"], tokenize, seed, epoch) for doc in documents)
+    return [{"a": pair[0], "b": pair[1], "skipped": 0} for pair in pairs if pair is not None]
+
+
+def token_ids(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+
+
+class PairStream(IterableDataset):
+    """The training stream: documents shuffled in windows, turned into pairs, epoch after epoch.
+
+    The stream reads ``window`` documents, yields them in a permutation drawn from
+    ``(seed, epoch, window index)``, then reads the next window; at the end of the corpus it
+    starts the next epoch (a new permutation and new views), so it never runs dry: training
+    length is ``trainer.max_steps`` and no DDP rank waits for another at an epoch's end.
+    Tokenization runs here, in the dataloader workers.
+
+    Its state (epoch, window index, the corpus position where the window starts and the
+    documents already consumed from it) is exact: a loaded state continues with the next
+    unread document, neither repeating nor skipping one. A buffer shuffle (``datasets``'
+    ``shuffle``) would lose its buffer on resume, hence the windows.
     """
 
-    def __init__(self, documents, view: View, tokenizer, seed: int = 0) -> None:
+    def __init__(self, documents, view: View, tokenizer, seed: int = 0, window: int = 1000) -> None:
         self.documents = documents
         self.view = view
         self.tokenizer = tokenizer
         self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-        self.documents.set_epoch(epoch)
+        self.window = max(window, 1)
+        self.position = {"epoch": 0, "window": 0, "window_start": None, "consumed": 0}
 
     def tokenize(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+        return token_ids(self.tokenizer, text)
+
+    def _documents(self):
+        """Documents in stream order, updating ``position`` before each one is handed out."""
+        position = self.position
+        while True:
+            self.documents.set_epoch(position["epoch"])
+            if position["window_start"] is not None:
+                self.documents.load_state_dict(position["window_start"])
+            stream = iter(self.documents)
+            read_any = False
+            while window := list(islice(stream, self.window)):
+                read_any = True
+                order = random.Random(_unit_hash(self.seed, position["epoch"], position["window"], "window"))
+                indices = list(range(len(window)))
+                order.shuffle(indices)
+                for index in indices[position["consumed"]:]:
+                    position["consumed"] += 1
+                    yield window[index]
+                position.update(window=position["window"] + 1, window_start=self.documents.state_dict(), consumed=0)
+            if not read_any:  # this worker's share of the corpus is empty
+                return
+            position.update(epoch=position["epoch"] + 1, window=0, window_start=None, consumed=0)
 
     def __iter__(self):
+        """``{"a": ids, "b": ids, "skipped": n}``; ``skipped`` counts the documents dropped (no
+        pair) since the previous pair, for the training log."""
         skipped = 0
-        for doc in self.documents:
-            text = doc["text"]
-            pair = self.view.pair(text, self.tokenize, document_rng(self.seed, self.epoch, text)) if text else None
-            if pair is None or not pair[0] or not pair[1]:
+        for doc in self._documents():
+            pair = document_pair(self.view, doc["text"], self.tokenize, self.seed, self.position["epoch"])
+            if pair is None:
                 skipped += 1
                 continue
             yield {"a": pair[0], "b": pair[1], "skipped": skipped}
             skipped = 0
 
     def state_dict(self) -> dict:
-        return {"documents": self.documents.state_dict(), "epoch": self.epoch}
+        return copy.deepcopy(self.position)
 
     def load_state_dict(self, state: dict) -> None:
-        self.set_epoch(state["epoch"])
-        self.documents.load_state_dict(state["documents"])
+        self.position = copy.deepcopy(state)
+
+
+class RunLengthLoader(StatefulDataLoader):
+    """A ``StatefulDataLoader`` over an endless stream whose length is the run's, in batches."""
+
+    def __init__(self, dataset: PairStream, batches: int, **kwargs) -> None:
+        super().__init__(dataset, **kwargs)
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return self.batches
 
 
 def special_tokens(tokenizer) -> tuple[list[int], list[int]]:
@@ -122,7 +184,8 @@ class ContrastiveDataModule(LightningDataModule):
         max_length: tokens per view, special tokens included.
         batch_size: pairs per batch and device (each pair is two rows).
         num_workers: dataloader worker processes (tokenization runs there).
-        shuffle_buffer: documents held in the streaming shuffle buffer.
+        shuffle_buffer: documents shuffled together: the stream is permuted in windows of this
+            many documents, with a new permutation each epoch.
         val_fraction: share of documents held out for the validation loss, chosen by content hash.
         val_documents: at most this many held-out documents per validation.
         check_documents: documents read at setup to check that the corpus yields pairs.
@@ -146,7 +209,7 @@ class ContrastiveDataModule(LightningDataModule):
         self.save_hyperparameters(ignore=["view"])
         self.view = view
         self.train_pairs: PairStream | None = None
-        self.val_pairs: PairStream | None = None
+        self.val_pairs: list[dict] | None = None
 
     def setup(self, stage: str) -> None:
         if self.train_pairs is not None:
@@ -163,30 +226,39 @@ class ContrastiveDataModule(LightningDataModule):
         fraction = hp.val_fraction
         train = documents.filter(lambda doc: not held_out(doc["text"] or "", fraction))
         train = split_dataset_by_node(train, rank=rank, world_size=world)
-        train = train.shuffle(seed=hp.seed, buffer_size=hp.shuffle_buffer)
-        self.train_pairs = PairStream(train, self.view, self.tokenizer, hp.seed)
+        self.train_pairs = PairStream(train, self.view, self.tokenizer, hp.seed, hp.shuffle_buffer)
         if fraction > 0 and hp.val_documents > 0:
-            val = documents.filter(lambda doc: held_out(doc["text"] or "", fraction))
-            val = split_dataset_by_node(val.take(hp.val_documents), rank=rank, world_size=world)
-            self.val_pairs = PairStream(val, self.view, self.tokenizer, hp.seed)
+            # Every rank reads the same held-out pairs; Lightning's DistributedSampler gives each
+            # rank as many, so the gathered negatives of validation steps line up across ranks.
+            val = documents.filter(lambda doc: held_out(doc["text"] or "", fraction)).take(hp.val_documents)
+            self.val_pairs = document_pairs(val, self.view, partial(token_ids, self.tokenizer), hp.seed)
 
     def _check_pairs(self, documents) -> None:
         """Fail before training when the first documents give no pair (wrong view or corpus)."""
         n = self.hparams.check_documents
-        pairs = sum(1 for _ in PairStream(documents.take(n), self.view, self.tokenizer, self.hparams.seed))
+        pairs = len(document_pairs(documents.take(n), self.view, partial(token_ids, self.tokenizer), self.hparams.seed))
         if pairs == 0:
             raise ConfigError(f"data.source: none of the first {n} documents of '{self.hparams.source}' "
                               f"yields a pair with {self.view!r}; expected documents long enough for two views")
         log.info("%d of the first %d documents give a %s pair", pairs, n, type(self.view).__name__)
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_pairs, drop_last=True)
+    def train_dataloader(self) -> StatefulDataLoader:
+        """The endless pair stream, as long as the run: ``trainer.max_steps`` optimizer steps.
+
+        A ``StatefulDataLoader`` (one state per worker, taken with every batch), so Lightning's
+        checkpoints hold the stream position. Its known length also stops Lightning from
+        fetching a batch ahead, which the saved position would count as consumed.
+        """
+        max_steps = self.trainer.max_steps if self.trainer else -1
+        if max_steps < 0:
+            raise ConfigError("trainer.max_steps: a streamed corpus has no known length; set "
+                              "trainer.max_steps so the run, its warmup and decay have a length")
+        workers = self.hparams.num_workers
+        return RunLengthLoader(self.train_pairs, max_steps * self.trainer.accumulate_grad_batches,
+                               batch_size=self.hparams.batch_size, collate_fn=self.collate, num_workers=workers,
+                               drop_last=True, prefetch_factor=4 if workers else None)
 
     def val_dataloader(self) -> DataLoader | list:
-        return self._loader(self.val_pairs, drop_last=False) if self.val_pairs is not None else []
-
-    def _loader(self, pairs: PairStream, drop_last: bool) -> DataLoader:
-        workers = self.hparams.num_workers
-        return DataLoader(pairs, batch_size=self.hparams.batch_size, collate_fn=self.collate,
-                          num_workers=workers, drop_last=drop_last, persistent_workers=False,
-                          prefetch_factor=4 if workers else None)
+        if not self.val_pairs:
+            return []
+        return DataLoader(self.val_pairs, batch_size=self.hparams.batch_size, collate_fn=self.collate)

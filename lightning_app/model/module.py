@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 import torch
@@ -79,19 +80,19 @@ class ContrastiveModule(LightningModule):
         self.flops_per_batch = self.estimate_flops(int(batch["attention_mask"].sum()))
         out = self.contrastive_step(batch)
         pairs = batch["input_ids"].shape[0] // 2
-        self.log_dict({f"train/{k}": v.detach() for k, v in out.items()}, prog_bar=True, batch_size=pairs)
-        self.log("train/docs_skipped", batch["docs_skipped"].float(), reduce_fx="sum", batch_size=pairs)
+        self.log_dict({f"train/{k}": v.detach() for k, v in out.items()}, prog_bar=True, batch_size=pairs, sync_dist=True)
+        self.log("train/docs_skipped", batch["docs_skipped"].float(), reduce_fx="sum", batch_size=pairs, sync_dist=True)
         return out["loss"] if self.trainable_parameters() else None
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         out = self.contrastive_step(batch)
         self.log_dict({f"val/{k}": v for k, v in out.items()}, sync_dist=True, batch_size=batch["input_ids"].shape[0] // 2)
 
-    def on_train_epoch_start(self) -> None:
-        """Reshuffle the stream and redraw the views each epoch (iterable datasets have no sampler)."""
-        dataset = getattr(self.trainer.train_dataloader, "dataset", None)
-        if hasattr(dataset, "set_epoch"):
-            dataset.set_epoch(self.current_epoch)
+    def on_train_batch_start(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        """Seed torch's generator from (seed, rank, step): a resumed run draws the dropout masks
+        the uninterrupted run drew, whatever ran in between (validation, checkpoint loading)."""
+        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        torch.manual_seed(hash((seed, self.global_rank, self.global_step)) % 2**63)
 
     def estimate_flops(self, tokens: int) -> int:
         """Training FLOPs for ``tokens`` non-padding tokens: 2 per parameter and token forward,

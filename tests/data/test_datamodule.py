@@ -1,10 +1,11 @@
 import json
+from itertools import islice
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from lightning_app.data.datamodule import ContrastiveDataModule, PairCollator, held_out
+from lightning_app.data.datamodule import ContrastiveDataModule, PairCollator, PairStream, held_out
 from lightning_app.data.views import Dropout, SentenceCrops
 from lightning_app.errors import ConfigError
 
@@ -31,26 +32,70 @@ def make(source, tokenizer_path="packaged:minilm", rank=0, world=1, **kwargs) ->
     kwargs = {"view": Dropout(whole_document=True), "batch_size": 4, "num_workers": 0, "val_fraction": 0.2,
               **kwargs}
     dm = ContrastiveDataModule(source=source, tokenizer=tokenizer_path, **kwargs)
-    dm.trainer = SimpleNamespace(global_rank=rank, world_size=world)
+    dm.trainer = SimpleNamespace(global_rank=rank, world_size=world, max_steps=10, accumulate_grad_batches=1)
     dm.setup("fit")
     return dm
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_ranks_and_workers_see_each_training_document_once(tmp_path, tokenizer, workers):
+def first_epoch(stream: PairStream) -> list[dict]:
+    """The pairs of the stream's first pass over the corpus."""
+    pairs = []
+    for pair in stream:
+        if stream.position["epoch"] > 0:
+            return pairs
+        pairs.append(pair)
+
+
+def numbers(tokenizer, pairs: list[dict]) -> list[int]:
+    return [int(tokenizer.decode(pair["a"]).split()[-1]) for pair in pairs]
+
+
+def test_ranks_see_each_training_document_once_per_epoch(tmp_path, tokenizer):
     source = numbered_corpus(tmp_path)
     seen = []
     for rank in range(2):
-        dm = make(source, rank=rank, world=2, num_workers=workers, batch_size=1)
-        seen += documents_seen(dm, tokenizer, dm.train_dataloader())
+        seen += numbers(tokenizer, first_epoch(make(source, rank=rank, world=2).train_pairs))
     expected = [i for i in range(200) if not held_out(f"document {i}", 0.2)]
     assert sorted(seen) == expected
     assert 120 < len(expected) < 190
 
 
+def test_the_stream_runs_on_into_the_next_epoch_in_a_new_order(tmp_path, tokenizer):
+    stream = make(numbered_corpus(tmp_path), shuffle_buffer=30).train_pairs
+    epochs = ([], [])
+    for pair in islice(stream, 400):
+        if stream.position["epoch"] < 2:
+            epochs[stream.position["epoch"]].append(pair)
+    first, second = numbers(tokenizer, epochs[0]), numbers(tokenizer, epochs[1])
+    assert sorted(first) == sorted(second) and first != second
+
+
+@pytest.mark.parametrize("stop", [1, 29, 30, 95, 170])
+def test_a_loaded_stream_state_continues_with_the_next_document(tmp_path, tokenizer, stop):
+    source = numbered_corpus(tmp_path)
+    whole = numbers(tokenizer, list(islice(make(source, shuffle_buffer=30).train_pairs, 200)))
+    stream = make(source, shuffle_buffer=30).train_pairs
+    before = numbers(tokenizer, list(islice(stream, stop)))
+    resumed = make(source, shuffle_buffer=30).train_pairs
+    resumed.load_state_dict(stream.state_dict())
+    assert before + numbers(tokenizer, list(islice(resumed, 200 - stop))) == whole
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_loader_state_resumes_each_worker_exactly(tmp_path, tokenizer, workers):
+    source = numbered_corpus(tmp_path)
+    whole = [b["input_ids"] for b in islice(make(source, num_workers=workers).train_dataloader(), 30)]
+    loader = make(source, num_workers=workers).train_dataloader()
+    before = [b["input_ids"] for b in islice(loader, 17)]
+    resumed = make(source, num_workers=workers).train_dataloader()
+    resumed.load_state_dict(loader.state_dict())
+    after = [b["input_ids"] for b in islice(resumed, 13)]
+    assert all(torch.equal(x, y) for x, y in zip(before + after, whole, strict=True))
+
+
 def test_validation_slice_is_disjoint_from_training(tmp_path, tokenizer):
     dm = make(numbered_corpus(tmp_path), batch_size=1)
-    train = set(documents_seen(dm, tokenizer, dm.train_dataloader()))
+    train = set(numbers(tokenizer, first_epoch(dm.train_pairs)))
     val = set(documents_seen(dm, tokenizer, dm.val_dataloader()))
     assert val and not train & val and len(train | val) == 200
 
@@ -71,9 +116,8 @@ def test_skipped_documents_are_counted(tmp_path):
     path = tmp_path / "mixed.jsonl"
     path.write_text("".join(json.dumps({"text": long if i % 3 == 0 else "Short."}) + "\n" for i in range(30)))
     dm = make(str(path), view=SentenceCrops(), val_fraction=0.0, batch_size=1, shuffle_buffer=1)
-    batches = list(dm.train_dataloader())
-    assert len(batches) == 10  # all ten long documents give a pair
-    assert sum(int(b["docs_skipped"]) for b in batches) == 20 - 2  # short documents after the last pair are not reported
+    batches = list(islice(dm.train_dataloader(), 10))  # all ten long documents give a pair
+    assert sum(int(b["docs_skipped"]) for b in batches) == 20 - 2  # short documents after the last pair come later
 
 
 def test_corpus_without_any_pair_is_an_error(tmp_path):

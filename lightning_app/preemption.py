@@ -1,0 +1,105 @@
+"""Surviving preemption: atomic checkpoints, SLURM requeue at a step boundary, continuous logs.
+
+Together with the stateful data stream (``data/datamodule.py``) and the per-step seed
+(``model/module.py``), a run stopped at any point and resumed from its last checkpoint ends
+with the weights of the uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import tempfile
+
+import torch
+from lightning import Callback, LightningModule, Trainer
+from lightning.fabric.plugins.environments import SLURMEnvironment
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_only
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes a local checkpoint to a temporary file in the target's folder, flushes it to disk
+    and renames it over the target: a kill during a save leaves the previous file whole.
+
+    (Lightning's own save writes to the system temp folder and moves the file, which is a copy,
+    interruptible half-way, when that folder is on another file system than the runs.)
+    Remote paths (``s3://``, ...) keep Lightning's save.
+    """
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        if "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        folder = os.path.dirname(os.path.abspath(path))
+        os.makedirs(folder, exist_ok=True)
+        handle, partial = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".partial", dir=folder)
+        try:
+            with os.fdopen(handle, "wb") as file:
+                torch.save(checkpoint, file)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(partial, path)
+        finally:
+            if os.path.exists(partial):
+                os.remove(partial)
+
+
+class StepBoundaryRequeue(Callback):
+    """Runs Lightning's SLURM auto-requeue (``SLURMEnvironment(auto_requeue=True)``: save
+    ``hpc_ckpt_N.ckpt`` in ``trainer.default_root_dir``, ``scontrol requeue`` the job) at the end
+    of the training step during which the requeue signal came, then stops the run.
+
+    Lightning's own handler saves the moment the signal lands, possibly mid-step, when the data
+    stream has already handed out the step's batch: resuming from there would skip it. All
+    ranks agree on the step (one boolean all-reduce per step), so they save together.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.lightning_handler = None
+        self.received = False
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # The environment Lightning's signal connector reads when it installs its handler.
+        environment = trainer._accelerator_connector.cluster_environment
+        if not (isinstance(environment, SLURMEnvironment) and environment.auto_requeue and environment.requeue_signal):
+            return
+        self.signum = environment.requeue_signal
+        self.lightning_handler = signal.getsignal(self.signum)
+        if callable(self.lightning_handler):
+            signal.signal(self.signum, self._remember)
+        else:
+            self.signum = None
+
+    def _remember(self, signum: int, frame) -> None:
+        self.received = True
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
+        if self.signum is None or not trainer.strategy.reduce_boolean_decision(self.received, all=False):
+            return
+        self.lightning_handler(self.signum, None)
+        self.received = False
+        trainer.should_stop = True
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.signum is not None:
+            signal.signal(self.signum, self.lightning_handler)
+            self.signum = None
+
+
+class ContinueLogs(Callback):
+    """On resume, marks a restart at the checkpoint's step in TensorBoard's log, so the steps
+    the interrupted run logged after its last checkpoint are dropped and the resumed run's
+    series has no duplicate step (TensorBoard purges events at and after a session start)."""
+
+    @rank_zero_only
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.ckpt_path is None:
+            return
+        from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                restart = Event(step=trainer.global_step, session_log=SessionLog(status=SessionLog.START))
+                logger.experiment.file_writer.add_event(restart)
