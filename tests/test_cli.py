@@ -133,6 +133,8 @@ def bad_input_cases(tmp_path, tiny_model):
     empty.write_text("")
     other = tmp_path / "other.jsonl"
     other.write_text('{"body": "x", "title": "y"}\n')
+    unlabelled = tmp_path / "unlabelled.jsonl"
+    unlabelled.write_text('{"text": "x", "category": "y"}\n')
     labelled = tmp_path / "labelled.jsonl"
     labelled.write_text("".join(f'{{"text": "document {i}", "topic": {i % 3}}}\n' for i in range(60)))
     probe = lambda path: ["--trainer.callbacks+=lightning_app.probes.callbacks.LayerProbe",  # noqa: E731
@@ -145,7 +147,7 @@ def bad_input_cases(tmp_path, tiny_model):
         (["--data.source", str(short)], "yields a pair"),
         (["--model.frozen_layers", "9"], "model.frozen_layers: expected an integer in 0..2"),
         (["--model.temperature", "0"], "model.temperature: expected > 0, got 0.0"),
-        (probe(other), "probe corpus 'mine': label_field: 'topic' is not a column of '"),
+        (probe(unlabelled), "probe corpus 'mine': label_field: 'topic' is not a column of '"),
         (probe(labelled), "(60 sampled, test_fraction=0.1); expected at least k+1 = 11 in each split"),
     ]
 
