@@ -11,9 +11,9 @@ import torch
 from datasets.distributed import split_dataset_by_node
 from jsonargparse import lazy_instance
 from lightning import LightningDataModule
-from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, IterableDataset
 
+from lightning_app.data.bucketing import LengthBuckets
 from lightning_app.data.sources import open_corpus
 from lightning_app.data.views import SentenceCrops, View
 from lightning_app.errors import ConfigError
@@ -89,20 +89,25 @@ def special_tokens(tokenizer) -> tuple[list[int], list[int]]:
 
 class PairCollator:
     """Pairs -> one batch of 2B rows (all first views, then all second views), truncated to
-    ``max_length`` with special tokens and padded to the longest row of the batch."""
+    ``max_length`` with special tokens and padded to the longest row of the batch.
+
+    ``tokens`` (a plain int) counts the non-padding tokens, so that throughput and FLOP counts
+    need no device synchronisation."""
 
     def __init__(self, tokenizer, max_length: int = 128) -> None:
         self.prefix, self.suffix = special_tokens(tokenizer)
         self.body = max_length - len(self.prefix) - len(self.suffix)
         self.pad_id = tokenizer.pad_token_id
 
-    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+    def __call__(self, rows: list[dict]) -> dict:
         views = [r["a"] for r in rows] + [r["b"] for r in rows]
-        ids = [torch.tensor(self.prefix + v[:self.body] + self.suffix) for v in views]
+        ids = [self.prefix + v[:self.body] + self.suffix for v in views]
+        width = max(map(len, ids))
         return {
-            "input_ids": pad_sequence(ids, batch_first=True, padding_value=self.pad_id),
-            "attention_mask": pad_sequence([torch.ones(len(x), dtype=torch.long) for x in ids], batch_first=True),
+            "input_ids": torch.tensor([x + [self.pad_id] * (width - len(x)) for x in ids]),
+            "attention_mask": torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids]),
             "docs_skipped": torch.tensor(sum(r["skipped"] for r in rows)),
+            "tokens": sum(map(len, ids)),
         }
 
 
@@ -121,6 +126,8 @@ class ContrastiveDataModule(LightningDataModule):
         tokenizer: tokenizer name or folder; linked to ``model.model`` by the CLI.
         max_length: tokens per view, special tokens included.
         batch_size: pairs per batch and device (each pair is two rows).
+        length_buckets: training batches sorted together by length, so each pads little
+            (``LengthBuckets``); 1 keeps the stream's order. Validation batches are never bucketed.
         num_workers: dataloader worker processes (tokenization runs there).
         shuffle_buffer: documents held in the streaming shuffle buffer.
         val_fraction: share of documents held out for the validation loss, chosen by content hash.
@@ -133,19 +140,21 @@ class ContrastiveDataModule(LightningDataModule):
     def __init__(self, source: str = "packaged:bbcnews", view: View = lazy_instance(SentenceCrops),
                  text_field: str = "text", subset: str | None = None, split: str = "train",
                  sample_by: str = "document", tokenizer: str = "packaged:minilm", max_length: int = 128,
-                 batch_size: int = 32, num_workers: int = 1, shuffle_buffer: int = 1000,
+                 batch_size: int = 32, length_buckets: int = 16, num_workers: int = 1, shuffle_buffer: int = 1000,
                  val_fraction: float = 0.05, val_documents: int = 256, check_documents: int = 200,
                  seed: int = 42, trust_remote_code: bool = False) -> None:
         super().__init__()
         if batch_size < 1:
             raise ConfigError(f"data.batch_size: expected >= 1, got {batch_size}")
+        if length_buckets < 1:
+            raise ConfigError(f"data.length_buckets: expected >= 1 (1 turns bucketing off), got {length_buckets}")
         if max_length < 3:
             raise ConfigError(f"data.max_length: expected >= 3 tokens, got {max_length}")
         if not 0 <= val_fraction < 1:
             raise ConfigError(f"data.val_fraction: expected 0 <= val_fraction < 1, got {val_fraction}")
         self.save_hyperparameters(ignore=["view"])
         self.view = view
-        self.train_pairs: PairStream | None = None
+        self.train_pairs: PairStream | LengthBuckets | None = None
         self.val_pairs: PairStream | None = None
 
     def setup(self, stage: str) -> None:
@@ -165,6 +174,8 @@ class ContrastiveDataModule(LightningDataModule):
         train = split_dataset_by_node(train, rank=rank, world_size=world)
         train = train.shuffle(seed=hp.seed, buffer_size=hp.shuffle_buffer)
         self.train_pairs = PairStream(train, self.view, self.tokenizer, hp.seed)
+        if hp.length_buckets > 1:
+            self.train_pairs = LengthBuckets(self.train_pairs, hp.batch_size, hp.length_buckets, hp.seed)
         if fraction > 0 and hp.val_documents > 0:
             val = documents.filter(lambda doc: held_out(doc["text"] or "", fraction))
             val = split_dataset_by_node(val.take(hp.val_documents), rank=rank, world_size=world)
@@ -185,7 +196,7 @@ class ContrastiveDataModule(LightningDataModule):
     def val_dataloader(self) -> DataLoader | list:
         return self._loader(self.val_pairs, drop_last=False) if self.val_pairs is not None else []
 
-    def _loader(self, pairs: PairStream, drop_last: bool) -> DataLoader:
+    def _loader(self, pairs: PairStream | LengthBuckets, drop_last: bool) -> DataLoader:
         workers = self.hparams.num_workers
         return DataLoader(pairs, batch_size=self.hparams.batch_size, collate_fn=self.collate,
                           num_workers=workers, drop_last=drop_last, persistent_workers=False,
