@@ -5,6 +5,10 @@ from __future__ import annotations
 import json
 import os
 import random
+import threading
+import time
+
+import psutil
 
 from lightning_app.data.views import View
 from lightning_app.packaged import packaged_path
@@ -46,3 +50,34 @@ def write_jsonl_shards(folder: str, files: int, repeat: int = 1) -> str:
 def emit(metric: str, **figures) -> None:
     """The benchmark's last line: one JSON object."""
     print(json.dumps({"metric": metric, **figures}), flush=True)
+
+
+def tree_rss(process: psutil.Process) -> int:
+    """Resident bytes of a process and all its children (e.g. dataloader workers)."""
+    total = 0
+    for p in [process, *process.children(recursive=True)]:
+        try:
+            total += p.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+class PeakRss:
+    """The largest resident memory of this process tree while the block runs, sampled every 20 ms."""
+
+    def __enter__(self) -> "PeakRss":
+        self.process, self.peak, self._done = psutil.Process(), 0, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._done.is_set():
+            self.peak = max(self.peak, tree_rss(self.process))
+            time.sleep(0.02)
+
+    def __exit__(self, *exc) -> None:
+        self.peak = max(self.peak, tree_rss(self.process))
+        self._done.set()
+        self._thread.join()

@@ -17,14 +17,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from types import SimpleNamespace
 
-import psutil
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.common import bbc_texts, emit  # noqa: E402
+from benchmarks.common import PeakRss, bbc_texts, emit, tree_rss  # noqa: E402
 
 
 def write_corpus(path: str, size_bytes: int) -> int:
@@ -39,37 +35,19 @@ def write_corpus(path: str, size_bytes: int) -> int:
     return count
 
 
-def tree_rss(process: psutil.Process) -> int:
-    total = 0
-    for p in [process, *process.children(recursive=True)]:
-        try:
-            total += p.memory_info().rss
-        except psutil.NoSuchProcess:
-            pass
-    return total
-
-
 def stream(path: str, batches: int, batch_size: int, workers: int) -> None:
     """Child: stream ``batches`` batches and print the peak resident memory of this process tree."""
     from lightning_app.data.datamodule import ContrastiveDataModule
 
-    me, peak, done = psutil.Process(), [0], threading.Event()
-
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], tree_rss(me))
-            time.sleep(0.02)
-
-    threading.Thread(target=sample, daemon=True).start()
-    dm = ContrastiveDataModule(source=path, batch_size=batch_size, num_workers=workers)
-    dm.trainer = SimpleNamespace(global_rank=0, world_size=1)
-    dm.setup("fit")
-    loader = iter(dm.train_dataloader())
-    for _ in range(batches):
-        next(loader)
-    peak[0] = max(peak[0], tree_rss(me))
-    done.set()
-    print(json.dumps({"peak_rss": peak[0]}))
+    with PeakRss() as peak:
+        dm = ContrastiveDataModule(source=path, batch_size=batch_size, num_workers=workers)
+        dm.trainer = SimpleNamespace(global_rank=0, world_size=1)
+        dm.setup("fit")
+        loader = iter(dm.train_dataloader())
+        for _ in range(batches):
+            next(loader)
+        peak.peak = max(peak.peak, tree_rss(peak.process))  # workers are still alive here
+    print(json.dumps({"peak_rss": peak.peak}))
 
 
 def main() -> None:

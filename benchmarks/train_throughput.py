@@ -7,11 +7,13 @@ optimizer and scheduler step, logging). The baseline is ``SentenceTransformerTra
 ``on_step_end``. Both get the same weights, pairs, max length, optimizer (Adam(W) without weight
 decay, lr 2e-5, no clipping) and threads; neither is timed while loading data or the model.
 
-The batches: ``steps * 64`` pairs in stream order (what a random sampler gives) for the baseline
-and ``ours, no bucketing``; the same pairs through our length bucketing (one window of ``steps``
-batches) for ours. ``warmup`` batches of other pairs come first and are not timed. Each system
-runs ``repeats`` times, interleaved; the figure is the median over repeats of the timed pairs
-divided by the timed steps' total time.
+The batches: a pool of ``16 * 64`` pairs (one window of ``data.length_buckets`` 16). The baseline
+and ``ours, no bucketing`` train on the pool's first ``steps`` batches in stream order (what a
+random sampler gives); ours on ``steps`` of the pool's 16 bucketed batches, chosen evenly over
+their padded lengths (a stratified sample, so its mean step time estimates the whole window's
+without timing all 16). ``warmup`` batches of other pairs come first and are not timed. Each
+system runs ``repeats`` times, interleaved; the figure is the median over repeats of the timed
+pairs divided by the timed steps' total time.
 
     python benchmarks/train_throughput.py                  # CPU: crops and dropout, with ablations
     python benchmarks/train_throughput.py --device cuda    # GPU: mpnet-base-sized, bf16, MFU
@@ -72,17 +74,19 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def build_batches(pairs, tokenizer, batch_size: int, max_length: int, warmup: int):
-    """Batches of the pairs bucketed by length and in stream order, and the stream's texts; the first
-    ``warmup`` batches, the same in both, are left out of the bucketing."""
+def build_batches(pairs, tokenizer, batch_size: int, max_length: int, warmup: int, steps: int):
+    """Warm-up + timed batches, bucketed and in stream order (see the module docstring), and the
+    stream-order batches' texts."""
     tokenize = lambda t: tokenizer(t, add_special_tokens=False, verbose=False)["input_ids"]  # noqa: E731
     rows = [{"a": tokenize(a), "b": tokenize(b), "skipped": 0, "id": i} for i, (a, b) in enumerate(pairs)]
-    first, timed = rows[:warmup * batch_size], rows[warmup * batch_size:]
-    bucketed = first + list(LengthBuckets(timed, batch_size, len(timed) // batch_size, seed=0))
-    stream = first + timed
+    first, pool = rows[:warmup * batch_size], rows[warmup * batch_size:]
     collate = PairCollator(tokenizer, max_length)
     cut = lambda rs: [collate(rs[i:i + batch_size]) for i in range(0, len(rs), batch_size)]  # noqa: E731
-    return cut(bucketed), cut(stream), [pairs[r["id"]] for r in stream]
+    by_width = sorted(cut(list(LengthBuckets(pool, batch_size, len(pool) // batch_size, seed=0))),
+                      key=lambda b: b["input_ids"].shape[1])
+    stratified = [by_width[int((i + 0.5) * len(by_width) / steps)] for i in range(steps)]
+    stream = first + pool[:steps * batch_size]
+    return cut(first) + stratified, cut(stream), [pairs[r["id"]] for r in stream]
 
 
 def time_ours(model_path: str, batches, device: str, warmup: int, module_class=ContrastiveModule,
@@ -165,9 +169,9 @@ def median_rate(runs: list[list[float]], batch_size: int) -> float:
 
 def compare(name, view, model_path, tokenizer, args, ablations: bool) -> dict:
     """Interleaved repeats of every system on one view's pairs; returns pairs/s per system."""
-    pairs = text_pairs(view, args.batch_size * (args.warmup + args.steps))
-    bucketed, stream, texts = build_batches(pairs, tokenizer, args.batch_size, args.max_length,
-                                                            args.warmup)
+    pairs = text_pairs(view, args.batch_size * (args.warmup + 16))
+    bucketed, stream, texts = build_batches(pairs, tokenizer, args.batch_size, args.max_length, args.warmup,
+                                            args.steps)
     systems = {
         "ours": lambda: time_ours(model_path, bucketed, args.device, args.warmup, compiled=args.compile),
         "sentence-transformers": lambda: time_sentence_transformers(
