@@ -15,10 +15,10 @@ import torch
 from datasets.distributed import split_dataset_by_node
 from jsonargparse import lazy_instance
 from lightning import LightningDataModule
-from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, IterableDataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
+from lightning_app.data.bucketing import regroup_by_length
 from lightning_app.data.sources import open_corpus
 from lightning_app.data.views import SentenceCrops, View
 from lightning_app.errors import ConfigError
@@ -66,62 +66,77 @@ def token_ids(tokenizer, text: str) -> list[int]:
 class PairStream(IterableDataset):
     """The training stream: documents shuffled in windows, turned into pairs, epoch after epoch.
 
-    The stream reads ``window`` documents, yields them in a permutation drawn from
-    ``(seed, epoch, window index)``, then reads the next window; at the end of the corpus it
-    starts the next epoch (a new permutation and new views), so it never runs dry: training
-    length is ``trainer.max_steps`` and no DDP rank waits for another at an epoch's end.
-    Tokenization runs here, in the dataloader workers.
+    The stream reads ``window`` documents, permutes them with a generator drawn from
+    ``(seed, epoch, window index)``, turns them into pairs, optionally groups the pairs into
+    batches of similar length (:func:`~lightning_app.data.bucketing.regroup_by_length`), yields
+    them, then reads the next window. At the end of the corpus it starts the next epoch (a new
+    permutation and new views), so it never runs dry: training length is ``trainer.max_steps``
+    and no DDP rank waits for another at an epoch's end. Tokenization runs here, in the
+    dataloader workers.
 
-    Its state (epoch, window index, the corpus position where the window starts and the
-    documents already consumed from it) is exact: a loaded state continues with the next
-    unread document, neither repeating nor skipping one. A buffer shuffle (``datasets``'
-    ``shuffle``) would lose its buffer on resume, hence the windows.
+    Its state (epoch, window index, the corpus position where the window starts, the pairs
+    already yielded from it and the batch offset) is exact: a window's pairs are a function of
+    its documents and the seed, so a loaded state rebuilds the window and continues with the next
+    unyielded pair, neither repeating nor skipping one. A buffer shuffle (``datasets``' ``shuffle``)
+    would lose its buffer on resume, hence the windows.
     """
 
-    def __init__(self, documents, view: View, tokenizer, seed: int = 0, window: int = 1000) -> None:
+    def __init__(self, documents, view: View, tokenizer, seed: int = 0, window: int = 1000,
+                 batch_size: int = 1, length_buckets: int = 1) -> None:
         self.documents = documents
         self.view = view
         self.tokenizer = tokenizer
         self.seed = seed
         self.window = max(window, 1)
-        self.position = {"epoch": 0, "window": 0, "window_start": None, "consumed": 0}
+        self.batch_size = batch_size
+        self.length_buckets = length_buckets
+        self.position = {"epoch": 0, "window": 0, "window_start": None, "consumed": 0, "offset": 0}
 
     def tokenize(self, text: str) -> list[int]:
         return token_ids(self.tokenizer, text)
 
-    def _documents(self):
-        """Documents in stream order, updating ``position`` before each one is handed out."""
+    def _window_pairs(self, documents: list[dict]) -> tuple[list[dict], int]:
+        """The pairs of one window in the order they are yielded (``skipped``: the documents
+        without a pair just before each), and the documents without a pair after the last."""
+        epoch, window = self.position["epoch"], self.position["window"]
+        order = random.Random(_unit_hash(self.seed, epoch, window, "window"))
+        documents = documents[:]
+        order.shuffle(documents)
+        pairs, skipped = [], 0
+        for doc in documents:
+            pair = document_pair(self.view, doc["text"], self.tokenize, self.seed, epoch)
+            if pair is None:
+                skipped += 1
+                continue
+            pairs.append({"a": pair[0], "b": pair[1], "skipped": skipped})
+            skipped = 0
+        if self.length_buckets > 1:
+            pairs = regroup_by_length(pairs, self.batch_size, self.length_buckets, self.position["offset"], order)
+        return pairs, skipped
+
+    def __iter__(self):
+        """``{"a": ids, "b": ids, "skipped": n}``, updating ``position`` before each pair is handed out."""
         position = self.position
+        skipped = 0  # documents without a pair not yet reported with a pair (a log count only)
         while True:
             self.documents.set_epoch(position["epoch"])
             if position["window_start"] is not None:
                 self.documents.load_state_dict(position["window_start"])
             stream = iter(self.documents)
             read_any = False
-            while window := list(islice(stream, self.window)):
+            while documents := list(islice(stream, self.window)):
                 read_any = True
-                order = random.Random(_unit_hash(self.seed, position["epoch"], position["window"], "window"))
-                indices = list(range(len(window)))
-                order.shuffle(indices)
-                for index in indices[position["consumed"]:]:
+                pairs, trailing = self._window_pairs(documents)
+                for pair in pairs[position["consumed"]:]:
                     position["consumed"] += 1
-                    yield window[index]
-                position.update(window=position["window"] + 1, window_start=self.documents.state_dict(), consumed=0)
+                    yield {**pair, "skipped": pair["skipped"] + skipped}
+                    skipped = 0
+                skipped += trailing
+                position.update(window=position["window"] + 1, window_start=self.documents.state_dict(),
+                                consumed=0, offset=(position["offset"] + len(pairs)) % self.batch_size)
             if not read_any:  # this worker's share of the corpus is empty
                 return
             position.update(epoch=position["epoch"] + 1, window=0, window_start=None, consumed=0)
-
-    def __iter__(self):
-        """``{"a": ids, "b": ids, "skipped": n}``; ``skipped`` counts the documents dropped (no
-        pair) since the previous pair, for the training log."""
-        skipped = 0
-        for doc in self._documents():
-            pair = document_pair(self.view, doc["text"], self.tokenize, self.seed, self.position["epoch"])
-            if pair is None:
-                skipped += 1
-                continue
-            yield {"a": pair[0], "b": pair[1], "skipped": skipped}
-            skipped = 0
 
     def state_dict(self) -> dict:
         return copy.deepcopy(self.position)
@@ -151,20 +166,25 @@ def special_tokens(tokenizer) -> tuple[list[int], list[int]]:
 
 class PairCollator:
     """Pairs -> one batch of 2B rows (all first views, then all second views), truncated to
-    ``max_length`` with special tokens and padded to the longest row of the batch."""
+    ``max_length`` with special tokens and padded to the longest row of the batch.
+
+    ``tokens`` (a plain int) counts the non-padding tokens, so that throughput and FLOP counts
+    need no device synchronisation."""
 
     def __init__(self, tokenizer, max_length: int = 128) -> None:
         self.prefix, self.suffix = special_tokens(tokenizer)
         self.body = max_length - len(self.prefix) - len(self.suffix)
         self.pad_id = tokenizer.pad_token_id
 
-    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+    def __call__(self, rows: list[dict]) -> dict:
         views = [r["a"] for r in rows] + [r["b"] for r in rows]
-        ids = [torch.tensor(self.prefix + v[:self.body] + self.suffix) for v in views]
+        ids = [self.prefix + v[:self.body] + self.suffix for v in views]
+        width = max(map(len, ids))
         return {
-            "input_ids": pad_sequence(ids, batch_first=True, padding_value=self.pad_id),
-            "attention_mask": pad_sequence([torch.ones(len(x), dtype=torch.long) for x in ids], batch_first=True),
+            "input_ids": torch.tensor([x + [self.pad_id] * (width - len(x)) for x in ids]),
+            "attention_mask": torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids]),
             "docs_skipped": torch.tensor(sum(r["skipped"] for r in rows)),
+            "tokens": sum(map(len, ids)),
         }
 
 
@@ -183,6 +203,8 @@ class ContrastiveDataModule(LightningDataModule):
         tokenizer: tokenizer name or folder; linked to ``model.model`` by the CLI.
         max_length: tokens per view, special tokens included.
         batch_size: pairs per batch and device (each pair is two rows).
+        length_buckets: training batches sorted together by length, so each pads little
+            (``regroup_by_length``); 1 keeps the stream's order. Validation batches are never bucketed.
         num_workers: dataloader worker processes (tokenization runs there).
         shuffle_buffer: documents shuffled together: the stream is permuted in windows of this
             many documents, with a new permutation each epoch.
@@ -196,12 +218,14 @@ class ContrastiveDataModule(LightningDataModule):
     def __init__(self, source: str = "packaged:bbcnews", view: View = lazy_instance(SentenceCrops),
                  text_field: str = "text", subset: str | None = None, split: str = "train",
                  sample_by: str = "document", tokenizer: str = "packaged:minilm", max_length: int = 128,
-                 batch_size: int = 32, num_workers: int = 1, shuffle_buffer: int = 1000,
+                 batch_size: int = 32, length_buckets: int = 16, num_workers: int = 1, shuffle_buffer: int = 1000,
                  val_fraction: float = 0.05, val_documents: int = 256, check_documents: int = 200,
                  seed: int = 42, trust_remote_code: bool = False) -> None:
         super().__init__()
         if batch_size < 1:
             raise ConfigError(f"data.batch_size: expected >= 1, got {batch_size}")
+        if length_buckets < 1:
+            raise ConfigError(f"data.length_buckets: expected >= 1 (1 turns bucketing off), got {length_buckets}")
         if max_length < 3:
             raise ConfigError(f"data.max_length: expected >= 3 tokens, got {max_length}")
         if not 0 <= val_fraction < 1:
@@ -226,7 +250,8 @@ class ContrastiveDataModule(LightningDataModule):
         fraction = hp.val_fraction
         train = documents.filter(lambda doc: not held_out(doc["text"] or "", fraction))
         train = split_dataset_by_node(train, rank=rank, world_size=world)
-        self.train_pairs = PairStream(train, self.view, self.tokenizer, hp.seed, hp.shuffle_buffer)
+        self.train_pairs = PairStream(train, self.view, self.tokenizer, hp.seed, hp.shuffle_buffer,
+                                      hp.batch_size, hp.length_buckets)
         if fraction > 0 and hp.val_documents > 0:
             # Every rank reads the same held-out pairs; Lightning's DistributedSampler gives each
             # rank as many, so the gathered negatives of validation steps line up across ranks.

@@ -12,7 +12,9 @@ from transformers import get_linear_schedule_with_warmup
 
 from lightning_app.errors import ConfigError
 from lightning_app.model.encoder import Encoder, Pooling, load_tokenizer
+from lightning_app.model.gradcache import cached_embeddings
 from lightning_app.model.loss import info_nce
+from lightning_app.model.throughput import tokens_in
 
 
 class ContrastiveModule(LightningModule):
@@ -33,13 +35,17 @@ class ContrastiveModule(LightningModule):
         warmup_fraction: linear warmup over this share of the steps, then linear decay to 0.
         trust_remote_code: run model code shipped with a hub model (off unless asked for).
         attn_implementation: ``sdpa``, ``eager``, ...; None keeps the library's default.
+        cache_chunk_size: embed the training batch in chunks of this many rows (views) with
+            GradCache, so a large batch needs the activation memory of one chunk (at the cost of a
+            second forward); None embeds the batch at once. Single device only.
     """
 
     def __init__(self, model: str = "packaged:minilm", pooling: Pooling = "mean", normalize: bool = False,
                  frozen_layers: int = 0, temperature: float = 0.05, symmetric: bool = False,
                  gather_negatives: bool = True, optimizer: Literal["adam", "adamw"] = "adam",
                  lr: float = 2e-5, weight_decay: float = 0.0, warmup_fraction: float = 0.1,
-                 trust_remote_code: bool = False, attn_implementation: str | None = None) -> None:
+                 trust_remote_code: bool = False, attn_implementation: str | None = None,
+                 cache_chunk_size: int | None = None) -> None:
         super().__init__()
         if temperature <= 0:
             raise ConfigError(f"model.temperature: expected > 0, got {temperature}")
@@ -47,6 +53,8 @@ class ContrastiveModule(LightningModule):
             raise ConfigError(f"model.warmup_fraction: expected 0..1, got {warmup_fraction}")
         if lr <= 0:
             raise ConfigError(f"model.lr: expected > 0, got {lr}")
+        if cache_chunk_size is not None and cache_chunk_size < 1:
+            raise ConfigError(f"model.cache_chunk_size: expected >= 1 rows or null, got {cache_chunk_size}")
         self.save_hyperparameters()
         self.encoder = Encoder(model, pooling, normalize, frozen_layers, trust_remote_code, attn_implementation)
         self.flops_per_batch: int | None = None  # read by ThroughputMonitor (PairThroughput)
@@ -58,6 +66,12 @@ class ContrastiveModule(LightningModule):
             self._tokenizer = load_tokenizer(self.hparams.model, self.hparams.trust_remote_code)
         return self._tokenizer
 
+    def setup(self, stage: str) -> None:
+        if self.hparams.cache_chunk_size and self.trainer.world_size > 1:
+            raise ConfigError("model.cache_chunk_size: the cached loss runs on one device only (its second "
+                              "forward runs inside backward, outside DDP's gradient synchronisation); set it "
+                              "to null or use trainer.devices 1")
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.encoder(input_ids, attention_mask)
 
@@ -67,7 +81,11 @@ class ContrastiveModule(LightningModule):
 
     def contrastive_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """One forward over both views (2B rows) and the loss with gathered negatives."""
-        embeddings = self(batch["input_ids"], batch["attention_mask"])
+        chunk = self.hparams.cache_chunk_size
+        if chunk and torch.is_grad_enabled():
+            embeddings = cached_embeddings(self.encoder, batch["input_ids"], batch["attention_mask"], chunk)
+        else:
+            embeddings = self(batch["input_ids"], batch["attention_mask"])
         a, b = embeddings.chunk(2)
         distributed = self.hparams.gather_negatives and self.trainer.world_size > 1
         a_all, b_all = (self._gather(a), self._gather(b)) if distributed else (None, None)
@@ -77,7 +95,7 @@ class ContrastiveModule(LightningModule):
         return {"loss": loss, "acc": accuracy, "embedding_std": spread}
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int):
-        self.flops_per_batch = self.estimate_flops(int(batch["attention_mask"].sum()))
+        self.flops_per_batch = self.estimate_flops(tokens_in(batch))
         out = self.contrastive_step(batch)
         pairs = batch["input_ids"].shape[0] // 2
         self.log_dict({f"train/{k}": v.detach() for k, v in out.items()}, prog_bar=True, batch_size=pairs, sync_dist=True)

@@ -144,6 +144,7 @@ def test_collator_adds_special_tokens_truncates_and_pads(tokenizer):
 
 @pytest.mark.parametrize("option,value,message", [
     ("batch_size", 0, "data.batch_size: expected >= 1"),
+    ("length_buckets", 0, "data.length_buckets: expected >= 1"),
     ("val_fraction", 1.0, "data.val_fraction: expected 0 <= val_fraction < 1"),
 ])
 def test_bad_options(option, value, message):
