@@ -20,7 +20,7 @@ def tokenizer():
     return load_tokenizer("packaged:minilm")
 
 
-def save_tiny_model(folder, tokenizer, kind: str = "bert", dropout: float = 0.1) -> str:
+def save_tiny_model(folder, tokenizer, kind: str = "bert", dropout: float = 0.1, seed: int = 0) -> str:
     """A random 2-layer encoder of the given family, saved with the packaged tokenizer."""
     from transformers import BertConfig, BertModel, MPNetConfig, MPNetModel, RobertaConfig, RobertaModel
 
@@ -29,7 +29,7 @@ def save_tiny_model(folder, tokenizer, kind: str = "bert", dropout: float = 0.1)
     config = config_class(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                           intermediate_size=64, max_position_embeddings=520, hidden_dropout_prob=dropout,
                           attention_probs_dropout_prob=dropout)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model_class(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return str(folder)
@@ -38,6 +38,17 @@ def save_tiny_model(folder, tokenizer, kind: str = "bert", dropout: float = 0.1)
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory, tokenizer) -> str:
     return save_tiny_model(tmp_path_factory.mktemp("tiny-bert"), tokenizer)
+
+
+@pytest.fixture(scope="session")
+def bert_a(tmp_path_factory, tokenizer) -> str:
+    return save_tiny_model(tmp_path_factory.mktemp("bert_a"), tokenizer, seed=0)
+
+
+@pytest.fixture(scope="session")
+def bert_b(tmp_path_factory, tokenizer) -> str:
+    """Another tiny BERT: same architecture, other weights."""
+    return save_tiny_model(tmp_path_factory.mktemp("bert_b"), tokenizer, seed=1)
 
 
 @pytest.fixture(scope="session")

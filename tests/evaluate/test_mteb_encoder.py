@@ -10,37 +10,14 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from datasets import Dataset  # noqa: E402
 from mteb._create_dataloaders import create_dataloader  # noqa: E402
-from transformers import BertConfig, BertModel  # noqa: E402
 
 from lightning_app.errors import ConfigError  # noqa: E402
 from lightning_app.evaluate.mteb_encoder import MtebEncoder, load_model, model_name  # noqa: E402
 from lightning_app.evaluate.report import evaluate_task  # noqa: E402
 from lightning_app.evaluate.tasks import LeeDocumentSimilarity  # noqa: E402
-from lightning_app.model.encoder import load_tokenizer  # noqa: E402
 
 TEXTS = ["The cat sat on the mat.", "Stocks fell sharply in early trading.",
          "The cat sat on the mat.", "A new vaccine was approved by regulators today."]
-
-
-def tiny_bert(folder, seed: int) -> str:
-    """A random 2-layer BERT with the packaged MiniLM tokenizer, saved to ``folder``."""
-    tokenizer = load_tokenizer("packaged:minilm")
-    torch.manual_seed(seed)
-    config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, vocab_size=len(tokenizer))
-    BertModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
-
-
-@pytest.fixture(scope="module")
-def bert_a(tmp_path_factory):
-    return tiny_bert(tmp_path_factory.mktemp("bert_a"), seed=0)
-
-
-@pytest.fixture(scope="module")
-def bert_b(tmp_path_factory):
-    return tiny_bert(tmp_path_factory.mktemp("bert_b"), seed=1)
 
 
 def test_encode_takes_mteb_batches_and_matches_the_encoder(bert_a):

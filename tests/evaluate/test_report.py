@@ -12,13 +12,11 @@ import huggingface_hub  # noqa: E402
 import mteb  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-import torch  # noqa: E402
 from mteb.mocks.mock_tasks.classification import MockClassificationTask  # noqa: E402
 from mteb.mocks.mock_tasks.clustering import MockClusteringTask  # noqa: E402
 from mteb.mocks.mock_tasks.reranking import MockRerankingTask  # noqa: E402
 from mteb.mocks.mock_tasks.retrieval import MockRetrievalTask  # noqa: E402
 from mteb.mocks.mock_tasks.sts import MockSTSTask  # noqa: E402
-from transformers import BertConfig, BertModel  # noqa: E402
 
 from lightning_app.errors import ConfigError  # noqa: E402
 from lightning_app.evaluate.command import mteb_command, parse_layer  # noqa: E402
@@ -34,7 +32,6 @@ from lightning_app.evaluate.report import (  # noqa: E402
     to_text,
 )
 from lightning_app.evaluate.tasks import LeeDocumentSimilarity  # noqa: E402
-from lightning_app.model.encoder import load_tokenizer  # noqa: E402
 
 INFO = {  # task -> (block, metric), deliberately not in block order
     "STS15": ("STS", "cosine_spearman"), "ArguAna": ("Retrieval", "ndcg_at_10"),
@@ -107,27 +104,6 @@ def test_parse_layer(value, expected):
 def test_parse_layer_rejects_other_values(value):
     with pytest.raises(ConfigError, match="^layer: "):
         parse_layer(value)
-
-
-def tiny_bert(folder, seed: int) -> str:
-    """A random 2-layer BERT with the packaged MiniLM tokenizer, saved to ``folder``."""
-    tokenizer = load_tokenizer("packaged:minilm")
-    torch.manual_seed(seed)
-    config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, vocab_size=len(tokenizer))
-    BertModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
-
-
-@pytest.fixture(scope="module")
-def bert_a(tmp_path_factory):
-    return tiny_bert(tmp_path_factory.mktemp("bert_a"), seed=0)
-
-
-@pytest.fixture(scope="module")
-def bert_b(tmp_path_factory):
-    return tiny_bert(tmp_path_factory.mktemp("bert_b"), seed=1)
 
 
 def test_every_block_runs_through_mteb_into_the_table(bert_a, tmp_path):
