@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import statistics
 import sys
 import tempfile
@@ -34,7 +35,7 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.common import emit, text_pairs  # noqa: E402
-from lightning_app.data.bucketing import LengthBuckets  # noqa: E402
+from lightning_app.data.bucketing import regroup_by_length  # noqa: E402
 from lightning_app.data.datamodule import PairCollator  # noqa: E402
 from lightning_app.data.views import Dropout, SentenceCrops  # noqa: E402
 from lightning_app.model.encoder import load_tokenizer, transformer_layers  # noqa: E402
@@ -82,7 +83,7 @@ def build_batches(pairs, tokenizer, batch_size: int, max_length: int, warmup: in
     first, pool = rows[:warmup * batch_size], rows[warmup * batch_size:]
     collate = PairCollator(tokenizer, max_length)
     cut = lambda rs: [collate(rs[i:i + batch_size]) for i in range(0, len(rs), batch_size)]  # noqa: E731
-    by_width = sorted(cut(list(LengthBuckets(pool, batch_size, len(pool) // batch_size, seed=0))),
+    by_width = sorted(cut(regroup_by_length(pool, batch_size, len(pool) // batch_size, 0, random.Random(0))),
                       key=lambda b: b["input_ids"].shape[1])
     stratified = [by_width[int((i + 0.5) * len(by_width) / steps)] for i in range(steps)]
     stream = first + pool[:steps * batch_size]
