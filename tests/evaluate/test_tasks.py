@@ -11,7 +11,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from lightning_app.errors import ConfigError  # noqa: E402
-from lightning_app.evaluate import tasks as tasks_module  # noqa: E402
+from lightning_app import packaged  # noqa: E402
 from lightning_app.evaluate.mteb_encoder import MtebEncoder  # noqa: E402
 from lightning_app.evaluate.report import evaluate_task  # noqa: E402
 from lightning_app.evaluate.tasks import (  # noqa: E402
@@ -58,8 +58,8 @@ def test_news_articles_are_labelled_by_outlet_domain():
 
 
 def test_missing_data_package_names_the_pip_command(monkeypatch):
-    monkeypatch.setattr(tasks_module.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(ConfigError, match="pip install --no-deps gensim"):
+    monkeypatch.setattr(packaged.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ConfigError, match=r"'packaged:lee' needs the package gensim==4.4.0: pip install --no-deps gensim==4.4.0"):
         load_lee()
 
 
