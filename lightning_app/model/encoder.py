@@ -79,16 +79,14 @@ class Encoder(nn.Module):
         if not isinstance(frozen_layers, int) or not 0 <= frozen_layers <= self.num_layers:
             raise ConfigError(f"model.frozen_layers: expected an integer in 0..{self.num_layers} "
                               f"(this model has {self.num_layers} layers), got {frozen_layers!r}")
-        layers = transformer_layers(self.backbone)
-        in_layers = {id(p) for p in layers.parameters()}
+        self.backbone.requires_grad_(True)
         pooler = getattr(self.backbone, "pooler", None)
-        in_pooler = {id(p) for p in pooler.parameters()} if isinstance(pooler, nn.Module) else set()
-        for param in self.backbone.parameters():
-            # Everything outside the blocks (embeddings, shared position biases) feeds layer 1.
-            outside = id(param) not in in_layers
-            param.requires_grad_(not (id(param) in in_pooler or (outside and frozen_layers > 0)))
-        for block in layers[:frozen_layers]:
-            block.requires_grad_(False)
+        if isinstance(pooler, nn.Module):
+            pooler.requires_grad_(False)
+        # Group 0 (embeddings, shared position biases) feeds block 1, so it freezes with any prefix.
+        for group in self.layer_parameters()[:frozen_layers + 1] if frozen_layers else []:
+            for param in group:
+                param.requires_grad_(False)
 
     def layer_parameters(self) -> list[list[nn.Parameter]]:
         """Parameters grouped like the hidden states: ``[embeddings, block 1, ..., block N]``.
