@@ -1,4 +1,4 @@
-"""The ``lightning`` command: LightningCLI for fit/validate/test, plus ``export`` and ``mteb``."""
+"""The ``lightning`` command: LightningCLI for fit/validate/test, plus ``export``, ``mteb`` and ``reproduce``."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ DESCRIPTION = """Self-supervised fine-tuning of text embedding models (crops, to
 
 Start with:  lightning fit --config configs/crop.yaml
 Other commands:  lightning export --help   (checkpoint -> HF / sentence-transformers folder)
-                 lightning mteb --help     (evaluate a checkpoint, folder or hub model on MTEB)"""
+                 lightning mteb --help     (evaluate a checkpoint, folder or hub model on MTEB)
+                 lightning reproduce --help  (the paper's comparison on a labelled corpus, with a report)"""
 
 
 class ContrastiveCLI(LightningCLI):
@@ -64,7 +65,12 @@ def _mteb(args: list[str]) -> None:
     CLI(mteb_command, args=args, prog="lightning mteb")
 
 
-COMMANDS = {"export": _export, "mteb": _mteb}
+def _reproduce(args: list[str]) -> None:
+    from lightning_app.experiments.command import reproduce_command
+    CLI(reproduce_command, args=args, prog="lightning reproduce")
+
+
+COMMANDS = {"export": _export, "mteb": _mteb, "reproduce": _reproduce}
 
 
 def main(args: list[str] | None = None) -> None:

@@ -67,7 +67,8 @@ def encoder_from_checkpoint(path: str | os.PathLike) -> tuple[Encoder, dict]:
         raise ConfigError(f"checkpoint '{path}' was not written by lightning_app's ContrastiveModule "
                           "(expected hyper_parameters.model and a state_dict)")
     encoder = Encoder(hp["model"], hp.get("pooling", "mean"), hp.get("normalize", False),
-                      hp.get("frozen_layers", 0), hp.get("trust_remote_code", False), pretrained=False)
+                      hp.get("frozen_layers", 0), hp.get("trust_remote_code", False), pretrained=False,
+                      config_overrides=hp.get("config_overrides"))
     prefix = "encoder."
     encoder.load_state_dict({k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)})
     return encoder.eval(), hp

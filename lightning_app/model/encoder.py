@@ -46,13 +46,16 @@ class Encoder(nn.Module):
         trust_remote_code: run model code shipped with a hub model (off unless asked for).
         attn_implementation: passed to ``from_pretrained`` (e.g. ``sdpa``, ``eager``); None keeps
             the library's default.
-        pretrained: load the weights; False builds the architecture only (weights to be loaded
-            from a checkpoint).
+        pretrained: load the weights; False builds the architecture with random weights (a
+            random-init baseline, or weights to be loaded from a checkpoint).
+        config_overrides: fields of the model's config to change, e.g. ``{num_hidden_layers: 4,
+            hidden_size: 256}`` for a smaller random-init model, or ``hidden_dropout_prob``.
     """
 
     def __init__(self, model: str, pooling: Pooling = "mean", normalize: bool = False,
                  frozen_layers: int = 0, trust_remote_code: bool = False,
-                 attn_implementation: str | None = None, pretrained: bool = True) -> None:
+                 attn_implementation: str | None = None, pretrained: bool = True,
+                 config_overrides: dict | None = None) -> None:
         super().__init__()
         if pooling not in ("mean", "cls"):
             raise ConfigError(f"pooling: expected 'mean' or 'cls', got {pooling!r}")
@@ -60,10 +63,20 @@ class Encoder(nn.Module):
         if attn_implementation:
             kwargs["attn_implementation"] = attn_implementation
         path = resolve_model(model)
+        config = AutoConfig.from_pretrained(path, **kwargs)
+        for field, value in (config_overrides or {}).items():
+            if not hasattr(config, field):
+                raise ConfigError(f"model.config_overrides: '{field}' is not a field of {type(config).__name__}")
+            setattr(config, field, value)
         if pretrained:
-            self.backbone = AutoModel.from_pretrained(path, **kwargs)
+            try:
+                self.backbone = AutoModel.from_pretrained(path, config=config, **kwargs)
+            except RuntimeError as error:  # shapes changed by the overrides
+                raise ConfigError(f"model.config_overrides: {config_overrides} do not fit the pretrained weights "
+                                  f"of '{model}' ({str(error).splitlines()[0][:200]}); set model.pretrained: "
+                                  "false for a random-init model") from None
         else:
-            self.backbone = AutoModel.from_config(AutoConfig.from_pretrained(path, **kwargs), **kwargs)
+            self.backbone = AutoModel.from_config(config, **kwargs)
         self.pooling = pooling
         self.normalize = normalize
         self.frozen_layers = frozen_layers

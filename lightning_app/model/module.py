@@ -35,6 +35,10 @@ class ContrastiveModule(LightningModule):
         warmup_fraction: linear warmup over this share of the steps, then linear decay to 0.
         trust_remote_code: run model code shipped with a hub model (off unless asked for).
         attn_implementation: ``sdpa``, ``eager``, ...; None keeps the library's default.
+        pretrained: start from the model's weights; False trains its architecture from random
+            weights (seeded by ``seed_everything``).
+        config_overrides: fields of the model's config to change (see ``Encoder``), e.g. a smaller
+            random-init BERT.
         cache_chunk_size: embed the training batch in chunks of this many rows (views) with
             GradCache, so a large batch needs the activation memory of one chunk (at the cost of a
             second forward); None embeds the batch at once. Single device only.
@@ -45,7 +49,8 @@ class ContrastiveModule(LightningModule):
                  gather_negatives: bool = True, optimizer: Literal["adam", "adamw"] = "adam",
                  lr: float = 2e-5, weight_decay: float = 0.0, warmup_fraction: float = 0.1,
                  trust_remote_code: bool = False, attn_implementation: str | None = None,
-                 cache_chunk_size: int | None = None) -> None:
+                 cache_chunk_size: int | None = None, pretrained: bool = True,
+                 config_overrides: dict | None = None) -> None:
         super().__init__()
         if temperature <= 0:
             raise ConfigError(f"model.temperature: expected > 0, got {temperature}")
@@ -56,7 +61,8 @@ class ContrastiveModule(LightningModule):
         if cache_chunk_size is not None and cache_chunk_size < 1:
             raise ConfigError(f"model.cache_chunk_size: expected >= 1 rows or null, got {cache_chunk_size}")
         self.save_hyperparameters()
-        self.encoder = Encoder(model, pooling, normalize, frozen_layers, trust_remote_code, attn_implementation)
+        self.encoder = Encoder(model, pooling, normalize, frozen_layers, trust_remote_code, attn_implementation,
+                               pretrained, config_overrides)
         self.flops_per_batch: int | None = None  # read by ThroughputMonitor (PairThroughput)
 
     @property

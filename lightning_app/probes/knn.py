@@ -109,6 +109,13 @@ def knn_accuracy(
     return (predictions == test_y).sum().item() / len(test_y)
 
 
+def _check_layers(embeddings: torch.Tensor, labels: torch.Tensor) -> None:
+    if embeddings.dim() != 3 or labels.shape != (embeddings.shape[1],):
+        raise ConfigError(
+            f"expected embeddings (L, N, H) and labels (N,), got {tuple(embeddings.shape)} and {tuple(labels.shape)}"
+        )
+
+
 def layer_knn_accuracy(
     embeddings: torch.Tensor,
     labels: torch.Tensor,
@@ -123,10 +130,7 @@ def layer_knn_accuracy(
     match ``embeddings``, if a class has fewer than two examples (it cannot be in both splits), or
     if the train split has fewer than ``k`` examples.
     """
-    if embeddings.dim() != 3 or labels.shape != (embeddings.shape[1],):
-        raise ConfigError(
-            f"expected embeddings (L, N, H) and labels (N,), got {tuple(embeddings.shape)} and {tuple(labels.shape)}"
-        )
+    _check_layers(embeddings, labels)
     classes, counts = torch.unique(labels, return_counts=True)
     if (counts < 2).any():
         small = classes[counts < 2].tolist()
@@ -182,3 +186,45 @@ def linear_probe_accuracy(
     position = torch.searchsorted(classes, test_y).clamp_max(len(classes) - 1)
     test_codes = torch.where(classes[position] == test_y, position, len(classes))
     return multiclass_accuracy(predictions, test_codes, num_classes=len(classes) + 1, average="micro").item()
+
+
+def stratified_folds(labels: torch.Tensor, folds: int = 10, seed: int = 42) -> list[torch.Tensor]:
+    """``folds`` disjoint test index sets covering every example, each class dealt round-robin over
+    the folds after a seeded shuffle (like sklearn's ``StratifiedKFold(shuffle=True)``), so every
+    fold holds about ``1 / folds`` of each class. Sorted indices on ``labels.device``."""
+    if folds < 2:
+        raise ConfigError(f"cross-validation needs at least 2 folds, got {folds}")
+    cpu_labels = labels.detach().cpu()
+    generator = torch.Generator().manual_seed(seed)
+    parts: list[list[torch.Tensor]] = [[] for _ in range(folds)]
+    offset = 0
+    for cls in torch.unique(cpu_labels):
+        members = torch.nonzero(cpu_labels == cls).flatten()
+        shuffled = members[torch.randperm(members.numel(), generator=generator)]
+        for position in range(folds):  # continue where the last class stopped, balancing fold sizes
+            parts[(offset + position) % folds].append(shuffled[position::folds])
+        offset += members.numel()
+    return [torch.sort(torch.cat(part)).values.to(labels.device) for part in parts]
+
+
+def layer_knn_cv_accuracy(
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    k: int = 10,
+    folds: int = 10,
+    seed: int = 42,
+    metric: str = "euclidean",
+) -> torch.Tensor:
+    """Cross-validated kNN accuracy of each layer of ``embeddings`` (L, N, H): every example is
+    predicted once, from the other folds (``stratified_folds``), so the score uses all N test
+    predictions instead of one 10% split and is far less noisy on small corpora. (L,) float64."""
+    _check_layers(embeddings, labels)
+    correct = torch.zeros(embeddings.shape[0], dtype=torch.float64)
+    for test_idx in stratified_folds(labels, folds, seed):
+        keep = torch.ones(len(labels), dtype=torch.bool, device=labels.device)
+        keep[test_idx] = False
+        train_idx = torch.nonzero(keep).flatten()
+        for layer, values in enumerate(embeddings):
+            predictions = knn_predict(values[train_idx], labels[train_idx], values[test_idx], k=k, metric=metric)
+            correct[layer] += (predictions == labels[test_idx]).sum().item()
+    return correct / len(labels)

@@ -76,3 +76,17 @@ def test_unknown_file_type(tmp_path):
     path.write_text("<a/>")
     with pytest.raises(ConfigError, match=r"files ending in \['.xml'\]"):
         open_corpus(str(path))
+
+
+def test_packaged_news_articles_are_labelled_by_outlet():
+    documents = list(open_corpus("packaged:newsarticles", label_field="label"))
+    outlets = {doc["label"] for doc in documents}
+    assert len(documents) == 3824
+    assert len(outlets) == 9 and {"aljazeera.com", "bbc.co.uk", "tass.com"} <= outlets
+    assert not any(doc["label"].startswith("www.") for doc in documents)
+    assert sum(not doc["text"].strip() for doc in documents) == 1  # one article of the archive is empty
+
+
+def test_packaged_model_is_not_a_corpus():
+    with pytest.raises(ConfigError, match="not a corpus of documents"):
+        open_corpus("packaged:minilm")

@@ -71,3 +71,27 @@ def test_frozen_layers_out_of_range(tiny_model, frozen):
 def test_bad_module_options(tiny_model, option, value, message):
     with pytest.raises(ConfigError, match=message):
         ContrastiveModule(tiny_model, **{option: value})
+
+
+def test_random_init_with_config_overrides(tiny_model):
+    overrides = {"num_hidden_layers": 1, "hidden_size": 16, "num_attention_heads": 2, "intermediate_size": 32}
+    torch.manual_seed(0)
+    first = Encoder(tiny_model, pretrained=False, config_overrides=overrides)
+    torch.manual_seed(0)
+    again = Encoder(tiny_model, pretrained=False, config_overrides=overrides)
+    pretrained = Encoder(tiny_model)
+    assert first.num_layers == 1 and first.backbone.config.hidden_size == 16
+    for a, b in zip(first.state_dict().values(), again.state_dict().values()):
+        assert torch.equal(a, b)  # the seed fixes the random weights
+    random_init = Encoder(tiny_model, pretrained=False)
+    assert not torch.equal(random_init.backbone.encoder.layer[0].attention.self.query.weight,
+                           pretrained.backbone.encoder.layer[0].attention.self.query.weight)
+    ids = torch.randint(1000, 2000, (2, 6))
+    assert first(ids, torch.ones_like(ids)).shape == (2, 16)
+
+
+def test_bad_config_overrides(tiny_model):
+    with pytest.raises(ConfigError, match="'hidden_sise' is not a field"):
+        Encoder(tiny_model, pretrained=False, config_overrides={"hidden_sise": 16})
+    with pytest.raises(ConfigError, match="do not fit the pretrained weights"):
+        Encoder(tiny_model, config_overrides={"hidden_size": 16, "num_attention_heads": 2})

@@ -7,7 +7,9 @@ from lightning_app.probes.knn import (
     knn_accuracy,
     knn_predict,
     layer_knn_accuracy,
+    layer_knn_cv_accuracy,
     linear_probe_accuracy,
+    stratified_folds,
     stratified_split,
 )
 
@@ -190,3 +192,36 @@ def test_linear_probe_is_deterministic_under_inference_mode_and_counts_unseen_la
     assert accuracy == pytest.approx(2 / 3)
     with torch.inference_mode():  # as in a Lightning validation hook; must give the same fit
         assert linear_probe_accuracy(train_x, train_y, test_x, test_y) == accuracy
+
+
+@pytest.mark.parametrize(("seed", "counts"), [(0, [13, 7, 25]), (1, [50, 50]), (2, [3, 11, 2, 40])])
+def test_stratified_folds_partition_every_example_and_balance_each_class(seed, counts):
+    labels = torch.cat([torch.full((count,), cls) for cls, count in enumerate(counts)])
+    labels = labels[torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))]
+    folds = stratified_folds(labels, folds=10, seed=seed)
+    assert len(folds) == 10
+    assert sorted(torch.cat(folds).tolist()) == list(range(len(labels)))
+    per_fold = torch.stack([torch.bincount(labels[fold], minlength=len(counts)) for fold in folds])
+    assert (per_fold.max(0).values - per_fold.min(0).values).max() <= 1  # each class spread evenly
+    sizes = torch.tensor([len(fold) for fold in folds])
+    assert sizes.max() - sizes.min() <= 1
+    assert [f.tolist() for f in stratified_folds(labels, 10, seed)] == [f.tolist() for f in folds]
+
+
+def test_cv_accuracy_equals_sklearn_on_the_same_folds():
+    train_x, train_y, test_x, test_y = random_problem(3, 4, n_train=200, n_test=1)
+    layers = torch.stack([train_x, train_x * 0.5 + torch.randn_like(train_x)])
+    accuracies = layer_knn_cv_accuracy(layers, train_y, k=10, folds=5, seed=7)
+    for layer, accuracy in zip(layers, accuracies):
+        correct = 0
+        for fold in stratified_folds(train_y, 5, 7):
+            rest = torch.ones(len(train_y), dtype=torch.bool)
+            rest[fold] = False
+            correct += (sklearn_predict(layer[rest], train_y[rest], layer[fold]) == train_y[fold]).sum().item()
+        assert accuracy.item() == pytest.approx(correct / len(train_y))
+    assert accuracies[0] > accuracies[1] > 0
+
+
+def test_cv_rejects_one_fold():
+    with pytest.raises(ConfigError, match="at least 2 folds"):
+        stratified_folds(torch.tensor([0, 1, 0, 1]), folds=1)

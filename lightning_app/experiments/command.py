@@ -1,0 +1,192 @@
+"""``lightning reproduce``: the paper's comparison on any labelled corpus, as one command."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from transformers import AutoConfig
+
+from lightning_app.data.sources import open_corpus
+from lightning_app.errors import ConfigError
+from lightning_app.experiments.grid import ALL_SETTINGS, UNTRAINED, Budget, Cell, Hardware, plan, run_cell
+from lightning_app.experiments.logs import read_mteb
+from lightning_app.experiments.report import collect, write_report
+from lightning_app.packaged import resolve_model
+
+
+def corpus_name(corpus: str) -> str:
+    """A tag-safe name: ``packaged:bbcnews`` -> ``bbcnews``, ``data/tickets.jsonl`` -> ``tickets``."""
+    stem = corpus.split(":", 1)[1] if corpus.startswith("packaged:") else Path(corpus.rstrip("/")).stem
+    return "".join(ch if ch.isalnum() or ch in "_-" else "_" for ch in stem) or "corpus"
+
+
+def mteb_scores(model: str, tasks: str, folder: Path, max_seq_length: int, device: str) -> dict:
+    """Main score per task, block means and their mean, saved as ``folder/scores.json``; the saved
+    scores are reused when they cover the same tasks at the same ``max_seq_length``."""
+    from lightning_app.evaluate.mteb_encoder import MtebEncoder
+    from lightning_app.evaluate.report import evaluate_tasks
+    from lightning_app.evaluate.tasks import resolve_tasks, task_block
+
+    task_list = resolve_tasks(tasks)
+    saved = read_mteb(folder)
+    if (saved and set(saved["tasks"]) == {task.metadata.name for task in task_list}
+            and saved.get("max_seq_length") == max_seq_length):
+        return saved
+    folder.mkdir(parents=True, exist_ok=True)
+    encoder = MtebEncoder.load(model, max_seq_length=max_seq_length, device=device)
+    scores = evaluate_tasks(encoder, task_list, folder)
+    blocks: dict[str, list[float]] = {}
+    for task in task_list:
+        blocks.setdefault(task_block(task), []).append(scores[task.metadata.name])
+    means = {block: statistics.fmean(values) for block, values in blocks.items()}
+    result = {"model": model, "max_seq_length": max_seq_length, "tasks": scores, "blocks": means,
+              "mean": statistics.fmean(means.values())}
+    (folder / "scores.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    return result
+
+
+def _check_reuse(cells: list[Cell]) -> None:
+    """A finished cell is reused only if it was run with the same config."""
+    for cell in cells:
+        written = cell.folder / "config.yaml"
+        if cell.done and yaml.safe_load(written.read_text(encoding="utf-8")) != cell.config:
+            raise ConfigError(f"output: {cell.folder} holds a finished {cell.name} run with a different config "
+                              f"({written}); pass a new --output, or remove that folder to rerun it")
+
+
+def _check_options(settings: list[str], seeds: list[int], mteb_seeds: int) -> None:
+    unknown = [s for s in settings if s not in ALL_SETTINGS]
+    if unknown or not settings:
+        raise ConfigError(f"settings: expected some of {list(ALL_SETTINGS)}, got {settings}")
+    if not [s for s in settings if s != UNTRAINED]:
+        raise ConfigError("settings: 'untrained' is read from the step-0 probe of a trained setting; "
+                          "add at least one of " + ", ".join(ALL_SETTINGS[1:]))
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seeds: expected distinct integers, got {seeds}")
+    if mteb_seeds < 0:
+        raise ConfigError(f"mteb_seeds: expected >= 0, got {mteb_seeds}")
+
+
+def model_config(model: str, config_overrides: dict | None):
+    """The base model's config with the overrides applied (it tells the number of layers)."""
+    try:
+        config = AutoConfig.from_pretrained(resolve_model(model))
+    except OSError as error:
+        raise ConfigError(f"model: cannot read the config of '{model}': {str(error).splitlines()[0][:200]}") from None
+    for field_name, value in (config_overrides or {}).items():
+        if not hasattr(config, field_name):
+            raise ConfigError(f"config_overrides: '{field_name}' is not a field of {type(config).__name__}")
+        setattr(config, field_name, value)
+    return config
+
+
+def epoch_steps(corpus: str, text_field: str, batch_size: int) -> int:
+    """Steps of one epoch over the training split (95% of the documents; 5% hold the validation loss)."""
+    documents = sum(1 for _ in open_corpus(corpus, text_field))
+    steps = max(1, math.ceil(documents * 0.95 / batch_size))
+    print(f"one epoch: {documents} documents, 95% for training -> {steps} steps of {batch_size} pairs")
+    return steps
+
+
+def reproduce_command(*, corpus: str = "packaged:bbcnews", text_field: str = "text", label_field: str = "label",
+                      name: str | None = None, model: str = "packaged:minilm", pretrained: bool = True,
+                      config_overrides: dict | None = None, settings: list[str] = list(ALL_SETTINGS),
+                      seeds: list[int] = [1, 2, 3], budget: Budget = Budget(), hardware: Hardware = Hardware(),
+                      mteb_tasks: str | None = None, mteb_seeds: int = 1, mteb_max_seq_length: int = 256,
+                      output: str | None = None, keep_checkpoints: bool = False) -> None:
+    """Run the paper's comparison on a labelled corpus and write a report with a table and figures.
+
+    Every cell (setting x seed) is an ordinary ``lightning fit`` whose config is written to
+    OUTPUT/<setting>/seed<seed>/config.yaml; finished cells are skipped on a rerun, so an
+    interrupted grid continues where it stopped. The report (report.md, results.csv, layers.csv and
+    PNG figures in OUTPUT) is rebuilt from the cells' own logs at the end of every run.
+
+    Args:
+        corpus: labelled corpus to train on (labels unused) and to probe: a local file, folder or
+            glob, a hub dataset id, or packaged:bbcnews / packaged:newsarticles.
+        text_field: the column holding the text.
+        label_field: the column holding the class label (probes only).
+        name: the corpus' name in tags and titles (default: from the corpus).
+        model: base model: hub id, local folder or packaged:minilm.
+        pretrained: start from the model's weights; false trains its architecture from random weights.
+        config_overrides: fields of the model's config to change, e.g. a smaller random-init BERT.
+        settings: which of untrained, dropout, crops, token_crops, crops_last2, crops_last1 to run.
+        seeds: one training run per seed and setting.
+        budget: steps, batch, learning rate, lengths and probes shared by every cell.
+        hardware: accelerator, devices, precision and data workers of every cell.
+        mteb_tasks: MTEB task set or names to evaluate each final model on (e.g. offline,
+            offline-fast, LeeDocumentSimilarity); nothing skips MTEB.
+        mteb_seeds: evaluate the models of the first this many seeds on MTEB.
+        mteb_max_seq_length: tokens per text for MTEB.
+        output: results folder (default: results/<name>).
+        keep_checkpoints: keep each finished cell's checkpoints (weights and optimizer state); the
+            exported model is always kept.
+    """
+    _check_options(settings, seeds, mteb_seeds)
+    name = name or corpus_name(corpus)
+    folder = Path(output or os.path.join("results", name))
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"output: expected a folder, but {folder} is a file")
+    config = model_config(model, config_overrides)
+    open_corpus(corpus, text_field, label_field)  # fails early, naming the field, when a column is missing
+    steps = budget.steps if budget.steps is not None else epoch_steps(corpus, text_field, budget.batch_size)
+    if steps < 1:
+        raise ConfigError(f"budget.steps: expected >= 1 or null (one epoch), got {steps}")
+    cells = plan(folder, settings, seeds, budget=budget, steps=steps, num_layers=config.num_hidden_layers,
+                 hardware=hardware,
+                 model={"model": model, "pretrained": pretrained, "config_overrides": config_overrides},
+                 corpus={"name": name, "source": corpus, "text_field": text_field, "label_field": label_field})
+    _check_reuse(cells)
+    folder.mkdir(parents=True, exist_ok=True)
+    options = {"corpus": corpus, "text_field": text_field, "label_field": label_field, "name": name,
+               "model": model, "pretrained": pretrained, "config_overrides": config_overrides,
+               "settings": list(settings), "seeds": list(seeds), "budget": dataclasses.asdict(budget),
+               "hardware": dataclasses.asdict(hardware), "mteb_tasks": mteb_tasks, "mteb_seeds": mteb_seeds,
+               "mteb_max_seq_length": mteb_max_seq_length, "output": str(folder),
+               "keep_checkpoints": keep_checkpoints}
+    (folder / "reproduce.yaml").write_text(yaml.safe_dump(options, sort_keys=False), encoding="utf-8")
+
+    start = time.monotonic()
+    for index, cell in enumerate(cells, 1):
+        if cell.done:
+            print(f"[{index}/{len(cells)}] {cell.name}: finished earlier, kept")
+            continue
+        print(f"[{index}/{len(cells)}] {cell.name}: lightning fit --config {cell.folder / 'config.yaml'}", flush=True)
+        print(f"[{index}/{len(cells)}] {cell.name}: done in {run_cell(cell, keep_checkpoints):.0f} s", flush=True)
+
+    device = "cuda" if hardware.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available() else "cpu"
+    untrained = None
+    if mteb_tasks:
+        if pretrained and UNTRAINED in settings:  # a random-init base has no weights to evaluate
+            print(f"MTEB {mteb_tasks}: {UNTRAINED}", flush=True)
+            untrained = mteb_scores(model, mteb_tasks, folder / UNTRAINED / "mteb", mteb_max_seq_length, device)
+        for cell in cells:
+            if cell.seed in seeds[:mteb_seeds]:
+                print(f"MTEB {mteb_tasks}: {cell.name}", flush=True)
+                mteb_scores(str(cell.export_dir), mteb_tasks, cell.folder / "mteb", mteb_max_seq_length, device)
+
+    measured = collect(cells, name, untrained)
+    if UNTRAINED not in settings:
+        measured.pop(UNTRAINED, None)
+    described = model if pretrained else f"random-init {config.model_type} ({config.num_hidden_layers} layers x " \
+                                         f"{config.hidden_size})"
+    header = [f"- command: `lightning reproduce --config {folder / 'reproduce.yaml'}` (the options of this run)",
+              f"- model: {described}" + (f", `{model}` with {config_overrides}" if not pretrained else "")
+              + f"; corpus: {corpus} (labels: {label_field})",
+              f"- budget: {steps} steps of {budget.batch_size} pairs, lr {budget.lr}, {budget.max_length} tokens "
+              f"per view; probes every {cells[0].config['trainer']['val_check_interval']} steps on "
+              f"{budget.probe_documents or 'all'} documents at {budget.probe_max_length} tokens",
+              f"- seeds: {', '.join(map(str, seeds))}; machine: {platform.machine()}, {os.cpu_count()} CPUs, "
+              f"device {device}; this invocation took {(time.monotonic() - start) / 60:.1f} min"]
+    report = write_report(measured, folder, f"{name}, {described}", header)
+    print(report.read_text(encoding="utf-8"))
+    print(f"report: {report}")

@@ -1,0 +1,234 @@
+"""The grid's report: a table (markdown and CSV) of kNN accuracy per setting, mean ± std over seeds,
+with the paper's numbers beside ours, and figures of accuracy by layer, by step and weight drift.
+Every number is read from the cells' own TensorBoard logs and MTEB score files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+from lightning_app.experiments.grid import UNTRAINED, Cell
+from lightning_app.experiments.logs import Series, layer_series, read_mteb, read_scalars
+
+# González-Márquez et al. (TMLR 2026): MPNet, batch 64, one epoch; in-domain kNN accuracy (mean over
+# their labelled corpora) and the mean of MTEB block means.
+PAPER = {UNTRAINED: (46.5, 33.2), "dropout": (49.1, 42.8), "crops": (55.8, 48.7)}
+LABELS = {UNTRAINED: "untrained", "dropout": "dropout", "crops": "crops", "token_crops": "token crops",
+          "crops_last2": "crops, last 2 layers", "crops_last1": "crops, last 1 layer"}
+
+
+@dataclass
+class Measured:
+    """One setting's records over its seeds (one entry per seed)."""
+
+    setting: str
+    seeds: list[int] = field(default_factory=list)
+    split: list[list[float]] = field(default_factory=list)  # seed -> per-layer kNN, 10% split
+    cv: list[list[float]] = field(default_factory=list)  # seed -> per-layer kNN, k-fold
+    by_step: list[Series] = field(default_factory=list)  # seed -> last layer (cv, else split) by step
+    drift: list[list[float]] = field(default_factory=list)  # seed -> per-layer drift at the end
+    wall_s: list[float] = field(default_factory=list)
+    mteb: list[dict] = field(default_factory=list)  # seeds evaluated on MTEB
+
+
+def _at(series: list[Series], step: int) -> list[float]:
+    return [values[step] for values in series]
+
+
+def collect(cells: list[Cell], corpus: str, untrained_mteb: dict | None) -> dict[str, Measured]:
+    """Each setting's records from its finished cells; ``untrained`` from the cells that probed step 0."""
+    measured: dict[str, Measured] = {}
+    base = measured.setdefault(UNTRAINED, Measured(UNTRAINED))
+    if untrained_mteb:
+        base.mteb.append(untrained_mteb)
+    for cell in cells:
+        if not cell.done:
+            continue
+        scalars = read_scalars(cell.log_dir)
+        split = layer_series(scalars, f"probe/{corpus}/knn_acc")
+        cv = layer_series(scalars, f"probe/{corpus}/knn_cv_acc")
+        if not split:
+            raise ValueError(f"cell {cell.name}: no probe/{corpus}/knn_acc in {cell.log_dir}")
+        final = max(split[-1])
+        row = measured.setdefault(cell.setting, Measured(cell.setting))
+        row.seeds.append(cell.seed)
+        row.split.append(_at(split, final))
+        row.cv.append(_at(cv, final) if cv else [])
+        row.by_step.append(dict(sorted((cv or split)[-1].items())))
+        drift = layer_series(scalars, "drift")
+        row.drift.append([values[max(values)] for values in drift])
+        row.wall_s.append(json.loads(cell.done_file.read_text())["wall_s"])
+        mteb = read_mteb(cell.folder / "mteb")
+        if mteb:
+            row.mteb.append(mteb)
+        if 0 in split[-1] and cell.seed not in base.seeds:
+            base.seeds.append(cell.seed)
+            base.split.append(_at(split, 0))
+            base.cv.append(_at(cv, 0) if cv else [])
+    return {setting: row for setting, row in measured.items() if row.seeds}
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _pm(values: list[float]) -> str:
+    if not values:
+        return "-"
+    mean, std = mean_std([100 * v for v in values])
+    return f"{mean:.1f} ± {std:.1f}"
+
+
+def table_rows(measured: dict[str, Measured]) -> list[dict]:
+    """One row per setting: final-layer kNN (split and k-fold) mean ± std, the change against the
+    untrained base (per seed, then averaged), MTEB and the paper's numbers."""
+    base = measured.get(UNTRAINED)
+    base_cv = dict(zip(base.seeds, base.cv)) if base else {}
+    rows = []
+    for setting, row in measured.items():
+        cv_last = [values[-1] for values in row.cv if values]
+        gains = [values[-1] - base_cv[seed][-1] for seed, values in zip(row.seeds, row.cv)
+                 if values and base_cv.get(seed)]
+        mteb = [scores["mean"] for scores in row.mteb if scores.get("mean") is not None]
+        paper = PAPER.get(setting, (None, None))
+        rows.append({
+            "setting": LABELS[setting], "seeds": len(row.seeds),
+            "knn_split": _pm([values[-1] for values in row.split]), "knn_cv": _pm(cv_last),
+            "cv_gain": "-" if setting == UNTRAINED or not gains else
+                       "{:+.1f} ± {:.1f}".format(*mean_std([100 * g for g in gains])),
+            "mteb": _pm(mteb),
+            "minutes": f"{statistics.fmean(row.wall_s) / 60:.1f}" if row.wall_s else "-",
+            "paper_knn": "-" if paper[0] is None else f"{paper[0]:.1f}",
+            "paper_mteb": "-" if paper[1] is None else f"{paper[1]:.1f}",
+        })
+    return rows
+
+
+HEADERS = {"setting": "setting", "seeds": "seeds", "knn_split": "kNN, 10% split", "knn_cv": "kNN, 10-fold",
+           "cv_gain": "10-fold vs untrained", "mteb": "MTEB mean", "minutes": "min/run",
+           "paper_knn": "paper kNN", "paper_mteb": "paper MTEB"}
+
+
+def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(str(v) for v in row) + " |" for row in rows])
+
+
+def layer_table(measured: dict[str, Measured]) -> tuple[list[str], list[list[str]]]:
+    """Per-layer k-fold (else split) kNN accuracy, mean over seeds, one row per setting."""
+    rows = []
+    layers = 0
+    for setting, row in measured.items():
+        per_seed = [values for values in row.cv if values] or row.split
+        layers = max(layers, len(per_seed[0]))
+        rows.append([LABELS[setting]] + [f"{100 * statistics.fmean(v):.1f}" for v in zip(*per_seed)])
+    return ["setting", "emb"] + [f"L{i}" for i in range(1, layers)], rows
+
+
+def mteb_table(measured: dict[str, Measured]) -> tuple[list[str], list[list[str]]]:
+    """MTEB block means and their mean x 100 per setting (mean ± std over the evaluated seeds)."""
+    blocks = list(dict.fromkeys(block for row in measured.values() for scores in row.mteb for block in scores["blocks"]))
+    rows = [[LABELS[setting], str(len(row.mteb))]
+            + [_pm([scores["blocks"][block] for scores in row.mteb if block in scores["blocks"]]) for block in blocks]
+            + [_pm([scores["mean"] for scores in row.mteb])]
+            for setting, row in measured.items() if row.mteb]
+    return ["setting", "models", *blocks, "mean of block means"], rows
+
+
+def _figure(path: Path, title: str, xlabel: str, ylabel: str, draw) -> None:
+    figure = Figure(figsize=(6, 3.8), dpi=110)
+    axes = figure.add_subplot()
+    draw(axes)
+    axes.set_title(title, fontsize=10)
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path)
+
+
+def _band(axes, xs, per_seed: list[list[float]], label: str, style: str = "o-", color=None) -> None:
+    means = [statistics.fmean(v) for v in zip(*per_seed)]
+    stds = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in zip(*per_seed)]
+    axes.errorbar(xs, means, yerr=stds, fmt=style, capsize=3, label=f"{label} (n={len(per_seed)})", color=color)
+
+
+def figures(measured: dict[str, Measured], folder: Path, title: str) -> list[str]:
+    """knn_by_layer.png, knn_by_step.png and drift_by_layer.png; returns the file names."""
+    def pick(row: Measured) -> list[list[float]]:
+        return [v for v in row.cv if v] or row.split
+
+    metric = "10-fold kNN accuracy" if any(v for row in measured.values() for v in row.cv) else "kNN accuracy"
+
+    def by_layer(axes) -> None:
+        for setting, style, color in ((UNTRAINED, "s--", "0.5"), ("dropout", "o-", "C1"), ("crops", "o-", "C0"),
+                                      ("token_crops", "^-", "C2")):
+            if setting in measured:
+                values = pick(measured[setting])
+                _band(axes, range(len(values[0])), values, LABELS[setting], style, color)
+        count = len(pick(next(iter(measured.values())))[0])
+        axes.set_xticks(range(count), ["emb"] + [str(i) for i in range(1, count)])
+
+    base = measured.get(UNTRAINED)
+    start = {seed: values[-1] for seed, values in zip(base.seeds, pick(base))} if base else {}
+
+    def by_step(axes) -> None:
+        for index, (setting, row) in enumerate(measured.items()):
+            if setting == UNTRAINED:
+                continue
+            # Step 0 is the same seed's untrained model, probed once per seed by the first setting.
+            series = [{0: start[seed], **values} if seed in start else values
+                      for seed, values in zip(row.seeds, row.by_step)]
+            steps = sorted(set.intersection(*(set(values) for values in series)))
+            _band(axes, steps, [[values[step] for step in steps] for values in series], LABELS[setting],
+                  "o-", f"C{index}")
+
+    def drift(axes) -> None:
+        for index, (setting, row) in enumerate(measured.items()):
+            if setting != UNTRAINED and row.drift and row.drift[0]:
+                _band(axes, range(len(row.drift[0])), row.drift, LABELS[setting], "o-", f"C{index}")
+        count = max(len(row.drift[0]) for row in measured.values() if row.drift and row.drift[0])
+        axes.set_xticks(range(count), ["emb"] + [str(i) for i in range(1, count)])
+
+    _figure(folder / "knn_by_layer.png", f"{title}\naccuracy by layer, before and after", "layer", metric, by_layer)
+    _figure(folder / "knn_by_step.png", f"{title}\nlast layer during training", "step", metric, by_step)
+    _figure(folder / "drift_by_layer.png", f"{title}\nweight drift at the end", "layer",
+            "||θ - θ₀|| / ||θ₀||", drift)
+    return ["knn_by_layer.png", "knn_by_step.png", "drift_by_layer.png"]
+
+
+def write_report(measured: dict[str, Measured], folder: Path, title: str, header: list[str]) -> Path:
+    """results.csv, layers.csv, the figures and report.md in ``folder``; returns report.md."""
+    rows = table_rows(measured)
+    with open(folder / "results.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(HEADERS))
+        writer.writeheader()
+        writer.writerows(rows)
+    layer_headers, layer_rows = layer_table(measured)
+    with open(folder / "layers.csv", "w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows([layer_headers] + layer_rows)
+    names = figures(measured, folder, title)
+    mteb_tasks = sorted({task for row in measured.values() for scores in row.mteb for task in scores["tasks"]})
+    lines = [f"# {title}", "", *header, "",
+             markdown_table(list(HEADERS.values()), [[row[key] for key in HEADERS] for row in rows]), "",
+             "kNN accuracy x 100 of the last layer (k=10, Euclidean): one seeded stratified 10% test split "
+             "(the paper's protocol) and 10-fold cross-validation (every document predicted once); "
+             "mean ± std over training seeds (the probe sample and splits are fixed). 'vs untrained' is "
+             "the per-seed difference from the same seed's step-0 model. "
+             + (f"MTEB mean: mean of block means x 100 over {', '.join(mteb_tasks)}. " if mteb_tasks else "")
+             + "The paper's columns are its own figures (MPNet, its corpora, batch 64, one epoch), "
+             "printed for direction, not for equality.", "",
+             "## Accuracy by layer", "", markdown_table(layer_headers, layer_rows), "",
+             *[f"![{name}]({name})" for name in names], ""]
+    if mteb_tasks:
+        lines += ["## MTEB", "", f"Tasks: {', '.join(mteb_tasks)}; main score x 100.", "",
+                  markdown_table(*mteb_table(measured)), ""]
+    path = folder / "report.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path

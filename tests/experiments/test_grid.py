@@ -1,0 +1,184 @@
+"""The reproduction grid: cells are ordinary fits, the report comes from their logs, reruns skip
+finished cells and an interrupted grid completes only what is missing."""
+
+import csv
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lightning_app.cli import main
+from lightning_app.experiments.grid import ALL_SETTINGS, Budget, Hardware, plan
+from lightning_app.experiments.logs import layer_series, read_scalars
+from lightning_app.packaged import packaged_path
+
+SETTINGS = ["dropout", "crops", "token_crops", "crops_last2", "crops_last1"]
+ROOT = Path(__file__).resolve().parents[2]
+FIGURES = ("knn_by_layer.png", "knn_by_step.png", "drift_by_layer.png")
+
+
+def grid_args(model, corpus, output, *extra) -> list[str]:
+    return ["reproduce", f"--corpus={corpus}", "--text_field=body", "--label_field=topic", "--name=bbc",
+            f"--model={model}", "--seeds=[1, 2]", "--budget.steps=2", "--budget.batch_size=8",
+            "--budget.lr=1e-3", "--budget.max_length=32", "--budget.probe_every=1", "--budget.probe_documents=null",
+            "--budget.probe_max_length=32", "--budget.cv_folds=5", "--hardware.accelerator=cpu",
+            "--hardware.num_workers=0", "--mteb_tasks=LeeDocumentSimilarity", "--mteb_max_seq_length=32",
+            f"--output={output}", *extra]
+
+
+def launches(cell: Path) -> int:
+    """How many times the cell's ``lightning fit`` was started (one line per launch in fit.log)."""
+    return sum(line.startswith("$ ") for line in (cell / "fit.log").read_text().splitlines())
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory, tiny_model):
+    """A 2-seed grid on 300 BBC articles with the tiny BERT, killed during its third cell and rerun."""
+    folder = tmp_path_factory.mktemp("grid")
+    corpus = folder / "bbc.jsonl"
+    paths = sorted(packaged_path("packaged:bbcnews").glob("*/*.txt"))[::7][:300]
+    corpus.write_text("".join(json.dumps({"body": p.read_bytes().decode("latin-1"), "topic": p.parent.name}) + "\n"
+                              for p in paths))
+    output = folder / "results"
+    args = grid_args(tiny_model, corpus, output)
+    first = subprocess.Popen([sys.executable, "-m", "lightning_app", *args], start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    third = output / "token_crops" / "seed1" / "fit.log"
+    deadline = time.monotonic() + 300
+    while not (third.exists() and (output / "crops" / "seed1" / "done.json").exists()):
+        assert first.poll() is None and time.monotonic() < deadline, "the grid ended before its third cell"
+        time.sleep(0.2)
+    time.sleep(3)  # the third cell is starting up or training
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    finished = {p.parent.relative_to(output): p.read_text() for p in output.glob("*/seed*/done.json")}
+    main(args)  # the rerun, in this process
+    return output, finished
+
+
+@pytest.mark.timeout(600)
+def test_interrupted_grid_reruns_only_the_missing_cells(grid):
+    output, finished = grid
+    assert {str(cell) for cell in finished} == {"dropout/seed1", "crops/seed1"}
+    for cell, record in finished.items():
+        assert (output / cell / "done.json").read_text() == record
+        assert launches(output / cell) == 1  # not started again
+    assert launches(output / "token_crops" / "seed1") == 2  # killed, then completed
+    for setting in SETTINGS:
+        for seed in (1, 2):
+            cell = output / setting / f"seed{seed}"
+            assert (cell / "done.json").exists() and (cell / "export" / "config.json").exists()
+            assert not (cell / "checkpoints").exists()  # removed once the cell finished
+            config = yaml.safe_load((cell / "config.yaml").read_text())
+            assert config["seed_everything"] == seed and config["trainer"]["max_steps"] == 2
+
+
+@pytest.mark.timeout(600)
+def test_every_report_file_is_written(grid):
+    output, _ = grid
+    for name in ("report.md", "results.csv", "layers.csv", "reproduce.yaml", *FIGURES):
+        assert (output / name).stat().st_size > 0, name
+    for name in FIGURES:
+        assert (output / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = (output / "report.md").read_text()
+    for name in FIGURES:
+        assert f"]({name})" in report
+    for label in ("untrained", "dropout", "crops", "token crops", "crops, last 2 layers", "crops, last 1 layer"):
+        assert f"| {label} |" in report
+    for setting in SETTINGS:
+        scores = json.loads((output / setting / "seed1" / "mteb" / "scores.json").read_text())
+        assert set(scores["tasks"]) == {"LeeDocumentSimilarity"} and scores["mean"] == scores["blocks"]["STS"]
+        assert not (output / setting / "seed2" / "mteb").exists()  # mteb_seeds: 1
+    assert (output / "untrained" / "mteb" / "scores.json").exists()
+
+
+def mean_std(values):
+    return f"{100 * statistics.fmean(values):.1f} ± {100 * statistics.stdev(values):.1f}"
+
+
+@pytest.mark.timeout(600)
+def test_table_numbers_come_from_the_cells_logs(grid):
+    output, _ = grid
+    rows = {row["setting"]: row for row in csv.DictReader((output / "results.csv").open())}
+    for setting, label in zip(SETTINGS, ("dropout", "crops", "token crops", "crops, last 2 layers",
+                                         "crops, last 1 layer")):
+        split, cv = [], []
+        for seed in (1, 2):
+            scalars = read_scalars(output / setting / f"seed{seed}" / "tensorboard")
+            split.append(scalars["probe/bbc/knn_acc"][2])
+            cv.append(scalars["probe/bbc/knn_cv_acc"][2])
+            assert len(layer_series(scalars, "probe/bbc/knn_cv_acc")) == 3  # embeddings + 2 layers
+        assert rows[label]["knn_split"] == mean_std(split)
+        assert rows[label]["knn_cv"] == mean_std(cv)
+        assert rows[label]["seeds"] == "2"
+    # The untrained base: step 0 of the first trained setting, once per seed (its only probe at step 0).
+    base = [read_scalars(output / "dropout" / f"seed{seed}" / "tensorboard")["probe/bbc/knn_cv_acc"][0]
+            for seed in (1, 2)]
+    assert rows["untrained"]["knn_cv"] == mean_std(base)
+    assert 0 not in read_scalars(output / "crops" / "seed1" / "tensorboard")["probe/bbc/knn_cv_acc"]
+    lee = json.loads((output / "crops" / "seed1" / "mteb" / "scores.json").read_text())["mean"]
+    assert rows["crops"]["mteb"] == f"{100 * lee:.1f} ± 0.0"
+    assert rows["crops"]["paper_knn"] == "55.8" and rows["token crops"]["paper_knn"] == "-"
+
+
+@pytest.mark.timeout(600)
+def test_a_rerun_of_a_finished_grid_runs_nothing(grid, tiny_model, capsys):
+    output, _ = grid
+    options = yaml.safe_load((output / "reproduce.yaml").read_text())
+    before = {p: p.stat().st_mtime_ns for p in output.glob("*/seed*/done.json")}
+    main(["reproduce", "--config", str(output / "reproduce.yaml")])
+    assert {p: p.stat().st_mtime_ns for p in output.glob("*/seed*/done.json")} == before
+    assert capsys.readouterr().out.count("finished earlier, kept") == 10
+    assert options["seeds"] == [1, 2]
+    # The same folder with another budget is refused, naming the cell, before anything runs.
+    with pytest.raises(SystemExit) as exit_info:
+        main(grid_args(tiny_model, options["corpus"], output, "--budget.lr=5e-4"))
+    assert exit_info.value.code == 2
+    assert "holds a finished dropout/seed1 run with a different config" in capsys.readouterr().err
+
+
+def test_plan_trains_the_last_layers_and_probes_step_zero_once_per_seed(tmp_path):
+    cells = plan(tmp_path, list(ALL_SETTINGS), [1, 2], model={"model": "m", "pretrained": True,
+                                                               "config_overrides": None},
+                 corpus={"name": "c", "source": "c.jsonl", "text_field": "text", "label_field": "label"},
+                 budget=Budget(steps=40), steps=40, num_layers=6, hardware=Hardware())
+    assert [cell.name for cell in cells[:5]] == [f"{s}/seed1" for s in SETTINGS]
+    frozen = {cell.setting: cell.config["model"]["frozen_layers"] for cell in cells}
+    assert frozen == {"dropout": 0, "crops": 0, "token_crops": 0, "crops_last2": 4, "crops_last1": 5}
+    at_start = [cell.name for cell in cells if cell.config["trainer"]["callbacks"][3]["init_args"]["at_start"]]
+    assert at_start == ["dropout/seed1", "dropout/seed2"]
+    assert {cell.config["trainer"]["val_check_interval"] for cell in cells} == {10}
+    assert {cell.config["model"]["lr"] for cell in cells} == {2e-5}
+
+
+@pytest.mark.parametrize(("option", "message"), [
+    ("--settings=[crops, cropz]", "settings: expected some of"),
+    ("--settings=[untrained]", "add at least one of"),
+    ("--seeds=[1, 1]", "seeds: expected distinct"),
+    ("--config_overrides={hidden_sise: 8}", "config_overrides: 'hidden_sise' is not a field of BertConfig"),
+    ("--budget.probe_every=0", "budget.probe_every: expected >= 1 step or null"),
+])
+def test_bad_grid_options(tmp_path, tiny_model, capsys, option, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["reproduce", f"--model={tiny_model}", f"--output={tmp_path / 'out'}", option])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("config", ["configs/reproduce/quick.yaml", "configs/paper/reproduce.yaml"])
+def test_budget_configs_parse(config, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["reproduce", "--config", str(ROOT / config), "--print_config"])
+    assert exit_info.value.code == 0
+    options = yaml.safe_load(capsys.readouterr().out)
+    assert options["settings"] == list(ALL_SETTINGS) and len(options["seeds"]) >= 2
+    assert options["budget"]["batch_size"] in (32, 64)
