@@ -33,7 +33,7 @@ class Measured:
     by_step: list[Series] = field(default_factory=list)  # seed -> last layer (cv, else split) by step
     drift: list[list[float]] = field(default_factory=list)  # seed -> per-layer drift at the end
     wall_s: list[float] = field(default_factory=list)
-    mteb: list[dict] = field(default_factory=list)  # seeds evaluated on MTEB
+    mteb: list[dict] = field(default_factory=list)  # scores.json of each model evaluated on MTEB, with its seed
 
 
 def _at(series: list[Series], step: int) -> list[float]:
@@ -65,7 +65,7 @@ def collect(cells: list[Cell], corpus: str, untrained_mteb: dict | None) -> dict
         row.wall_s.append(json.loads(cell.done_file.read_text())["wall_s"])
         mteb = read_mteb(cell.folder / "mteb")
         if mteb:
-            row.mteb.append(mteb)
+            row.mteb.append({**mteb, "seed": cell.seed})
         if 0 in split[-1] and cell.seed not in base.seeds:
             base.seeds.append(cell.seed)
             base.split.append(_at(split, 0))
@@ -112,6 +112,20 @@ def table_rows(measured: dict[str, Measured]) -> list[dict]:
 HEADERS = {"setting": "setting", "seeds": "seeds", "knn_split": "kNN, 10% split", "knn_cv": "kNN, 10-fold",
            "cv_gain": "10-fold vs untrained", "mteb": "MTEB mean", "minutes": "min/run",
            "paper_knn": "paper kNN", "paper_mteb": "paper MTEB"}
+
+
+def cell_rows(measured: dict[str, Measured]) -> list[list]:
+    """One row per run: the final-layer scores of each setting and seed, unaveraged."""
+    rows = []
+    for setting, row in measured.items():
+        mteb = {scores.get("seed"): scores["mean"] for scores in row.mteb}  # seed None: the base model
+        for index, seed in enumerate(row.seeds):
+            score = mteb.get(seed, mteb.get(None))
+            rows.append([setting, seed, f"{row.split[index][-1]:.4f}",
+                         f"{row.cv[index][-1]:.4f}" if row.cv[index] else "",
+                         "" if score is None else f"{score:.4f}",
+                         row.wall_s[index] if index < len(row.wall_s) else ""])
+    return rows
 
 
 def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
@@ -204,12 +218,16 @@ def figures(measured: dict[str, Measured], folder: Path, title: str) -> list[str
 
 
 def write_report(measured: dict[str, Measured], folder: Path, title: str, header: list[str]) -> Path:
-    """results.csv, layers.csv, the figures and report.md in ``folder``; returns report.md."""
+    """results.csv, cells.csv (one row per run), layers.csv, the figures and report.md in ``folder``;
+    returns report.md."""
     rows = table_rows(measured)
     with open(folder / "results.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(HEADERS))
         writer.writeheader()
         writer.writerows(rows)
+    with open(folder / "cells.csv", "w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows([["setting", "seed", "knn_split", "knn_cv", "mteb_mean", "wall_s"]]
+                                     + cell_rows(measured))
     layer_headers, layer_rows = layer_table(measured)
     with open(folder / "layers.csv", "w", newline="", encoding="utf-8") as handle:
         csv.writer(handle).writerows([layer_headers] + layer_rows)

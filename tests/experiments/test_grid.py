@@ -84,7 +84,7 @@ def test_interrupted_grid_reruns_only_the_missing_cells(grid):
 @pytest.mark.timeout(600)
 def test_every_report_file_is_written(grid):
     output, _ = grid
-    for name in ("report.md", "results.csv", "layers.csv", "reproduce.yaml", *FIGURES):
+    for name in ("report.md", "results.csv", "cells.csv", "layers.csv", "reproduce.yaml", *FIGURES):
         assert (output / name).stat().st_size > 0, name
     for name in FIGURES:
         assert (output / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -124,7 +124,12 @@ def test_table_numbers_come_from_the_cells_logs(grid):
             for seed in (1, 2)]
     assert rows["untrained"]["knn_cv"] == mean_std(base)
     assert 0 not in read_scalars(output / "crops" / "seed1" / "tensorboard")["probe/bbc/knn_cv_acc"]
+    runs = {(row["setting"], row["seed"]): row for row in csv.DictReader((output / "cells.csv").open())}
+    assert float(runs["crops", "2"]["knn_cv"]) == pytest.approx(
+        read_scalars(output / "crops" / "seed2" / "tensorboard")["probe/bbc/knn_cv_acc"][2], abs=1e-4)
     lee = json.loads((output / "crops" / "seed1" / "mteb" / "scores.json").read_text())["mean"]
+    assert float(runs["crops", "1"]["mteb_mean"]) == pytest.approx(lee, abs=1e-4)
+    assert runs["crops", "2"]["mteb_mean"] == ""  # mteb_seeds: 1
     assert rows["crops"]["mteb"] == f"{100 * lee:.1f} ± 0.0"
     assert rows["crops"]["paper_knn"] == "55.8" and rows["token crops"]["paper_knn"] == "-"
 

@@ -95,3 +95,16 @@ def test_bad_config_overrides(tiny_model):
         Encoder(tiny_model, pretrained=False, config_overrides={"hidden_sise": 16})
     with pytest.raises(ConfigError, match="do not fit the pretrained weights"):
         Encoder(tiny_model, config_overrides={"hidden_size": 16, "num_attention_heads": 2})
+
+
+def test_checkpoint_of_a_random_init_model_with_overrides_loads_back(tmp_path, tiny_model):
+    from lightning_app.export import encoder_from_checkpoint
+
+    overrides = {"num_hidden_layers": 1, "hidden_size": 16, "num_attention_heads": 2, "intermediate_size": 32}
+    module = ContrastiveModule(tiny_model, pretrained=False, config_overrides=overrides)
+    path = tmp_path / "random.ckpt"
+    torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}, path)
+    encoder, hp = encoder_from_checkpoint(path)
+    assert hp["config_overrides"] == overrides and encoder.num_layers == 1
+    for name, value in module.encoder.state_dict().items():
+        assert torch.equal(encoder.state_dict()[name], value), name

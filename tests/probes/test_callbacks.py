@@ -9,6 +9,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.data import DataLoader
 
+from lightning_app.errors import ConfigError
 from lightning_app.cli import main
 from lightning_app.model.module import ContrastiveModule
 from lightning_app.probes.callbacks import LayerDrift, LayerProbe, accuracy_figure, layer_tag
@@ -121,3 +122,9 @@ def test_ddp_ranks_probe_a_shard_each_and_agree_with_one_process(tmp_path, tiny_
         assert torch.equal(rank["baseline"]["mine"], ranks[0]["baseline"]["mine"])
         torch.testing.assert_close(rank["baseline"]["mine"], single["baseline"]["mine"])
         torch.testing.assert_close(rank["last_layer"]["mine"][1], embeddings, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("folds", [1, -2])
+def test_layer_probe_rejects_one_fold(folds):
+    with pytest.raises(ConfigError, match="LayerProbe.cv_folds: expected 0 \\(off\\) or at least 2"):
+        LayerProbe(cv_folds=folds)
