@@ -9,8 +9,8 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.data import DataLoader
 
-from lightning_app.errors import ConfigError
 from lightning_app.cli import main
+from lightning_app.errors import ConfigError
 from lightning_app.model.module import ContrastiveModule
 from lightning_app.probes.callbacks import LayerDrift, LayerProbe, accuracy_figure, layer_tag
 from lightning_app.probes.corpus import ProbeCorpus
