@@ -186,7 +186,8 @@ def reproduce_command(*, corpus: str = "packaged:bbcnews", text_field: str = "te
               f"per view; probes every {cells[0].config['trainer']['val_check_interval']} steps on "
               f"{budget.probe_documents or 'all'} documents at {budget.probe_max_length} tokens",
               f"- seeds: {', '.join(map(str, seeds))}; machine: {platform.machine()}, {os.cpu_count()} CPUs, "
-              f"device {device}; this invocation took {(time.monotonic() - start) / 60:.1f} min"]
+              f"device {device}; the runs took {sum(sum(row.wall_s) for row in measured.values()) / 60:.1f} min "
+              f"in all (this invocation {(time.monotonic() - start) / 60:.1f} min)"]
     report = write_report(measured, folder, f"{name}, {described}", header)
     print(report.read_text(encoding="utf-8"))
     print(f"report: {report}")
