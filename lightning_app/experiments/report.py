@@ -78,8 +78,11 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def _pm(values: list[float]) -> str:
+    """``mean ± std`` x 100; a single value alone."""
     if not values:
         return "-"
+    if len(values) == 1:
+        return f"{100 * values[0]:.1f}"
     mean, std = mean_std([100 * v for v in values])
     return f"{mean:.1f} ± {std:.1f}"
 
