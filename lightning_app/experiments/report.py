@@ -12,6 +12,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from lightning_app.errors import ConfigError
 from lightning_app.experiments.grid import UNTRAINED, Cell
 from lightning_app.experiments.logs import Series, layer_series, read_mteb, read_scalars
 
@@ -53,7 +54,8 @@ def collect(cells: list[Cell], corpus: str, untrained_mteb: dict | None) -> dict
         split = layer_series(scalars, f"probe/{corpus}/knn_acc")
         cv = layer_series(scalars, f"probe/{corpus}/knn_cv_acc")
         if not split:
-            raise ValueError(f"cell {cell.name}: no probe/{corpus}/knn_acc in {cell.log_dir}")
+            raise ConfigError(f"cell {cell.name} is marked done but {cell.log_dir} holds no probe/{corpus}/knn_acc; "
+                              f"remove {cell.folder} to run it again")
         final = max(split[-1])
         row = measured.setdefault(cell.setting, Measured(cell.setting))
         row.seeds.append(cell.seed)
