@@ -3,22 +3,12 @@
 from __future__ import annotations
 
 import os
-from statistics import mean
 
 from lightning import Callback, LightningModule, Trainer
 
 from lightning_app.evaluate.mteb_encoder import MtebEncoder
-from lightning_app.evaluate.report import evaluate_tasks
+from lightning_app.evaluate.report import block_means, evaluate_tasks
 from lightning_app.evaluate.tasks import resolve_tasks, task_block
-
-
-def block_means(scores: dict[str, float], blocks: dict[str, str]) -> dict[str, float]:
-    """``{block: mean of its tasks}`` plus ``mean``, the mean of block means (as the paper reports)."""
-    by_block: dict[str, list[float]] = {}
-    for task, score in scores.items():
-        by_block.setdefault(blocks[task], []).append(score)
-    means = {block: mean(values) for block, values in by_block.items()}
-    return {**means, "mean": mean(means.values())}
 
 
 class MtebCallback(Callback):

@@ -8,6 +8,7 @@ of each block (Clustering, Reranking, Retrieval, STS, Classification) and the me
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,15 @@ def evaluate_tasks(encoder: MtebEncoder, tasks: Sequence[AbsTask], output: str |
 def evaluate_layers(encoder: MtebEncoder, tasks: Sequence[AbsTask], output: str | Path) -> list[Scores]:
     """Scores of every layer (embeddings first) from one forward pass per text; needs ``all_layers``."""
     return _evaluate([encoder.at_layer(i) for i in range(encoder.encoder.num_layers + 1)], tasks, output)
+
+
+def block_means(scores: dict[str, float], blocks: dict[str, str]) -> dict[str, float]:
+    """``{block: mean of its tasks}`` plus ``mean``, the mean of block means (as the paper reports)."""
+    by_block: dict[str, list[float]] = {}
+    for task, score in scores.items():
+        by_block.setdefault(blocks[task], []).append(score)
+    means = {block: statistics.mean(values) for block, values in by_block.items()}
+    return {**means, "mean": statistics.mean(means.values())}
 
 
 def task_info(tasks: Sequence[AbsTask]) -> dict[str, tuple[str, str]]:

@@ -7,7 +7,6 @@ import json
 import math
 import os
 import platform
-import statistics
 import time
 from pathlib import Path
 
@@ -33,7 +32,7 @@ def mteb_scores(model: str, tasks: str, folder: Path, max_seq_length: int, devic
     """Main score per task, block means and their mean, saved as ``folder/scores.json``; the saved
     scores are reused when they cover the same tasks at the same ``max_seq_length``."""
     from lightning_app.evaluate.mteb_encoder import MtebEncoder
-    from lightning_app.evaluate.report import evaluate_tasks
+    from lightning_app.evaluate.report import block_means, evaluate_tasks
     from lightning_app.evaluate.tasks import resolve_tasks, task_block
 
     task_list = resolve_tasks(tasks)
@@ -44,12 +43,9 @@ def mteb_scores(model: str, tasks: str, folder: Path, max_seq_length: int, devic
     folder.mkdir(parents=True, exist_ok=True)
     encoder = MtebEncoder.load(model, max_seq_length=max_seq_length, device=device)
     scores = evaluate_tasks(encoder, task_list, folder)
-    blocks: dict[str, list[float]] = {}
-    for task in task_list:
-        blocks.setdefault(task_block(task), []).append(scores[task.metadata.name])
-    means = {block: statistics.fmean(values) for block, values in blocks.items()}
-    result = {"model": model, "max_seq_length": max_seq_length, "tasks": scores, "blocks": means,
-              "mean": statistics.fmean(means.values())}
+    means = block_means(scores, {task.metadata.name: task_block(task) for task in task_list})
+    overall = means.pop("mean")
+    result = {"model": model, "max_seq_length": max_seq_length, "tasks": scores, "blocks": means, "mean": overall}
     (folder / "scores.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     return result
 

@@ -36,6 +36,10 @@ class Measured:
     wall_s: list[float] = field(default_factory=list)
     mteb: list[dict] = field(default_factory=list)  # scores.json of each model evaluated on MTEB, with its seed
 
+    def per_layer(self) -> list[list[float]]:
+        """Per-layer kNN accuracy of each seed: k-fold where measured, else the 10% split."""
+        return [values for values in self.cv if values] or self.split
+
 
 def _at(series: list[Series], step: int) -> list[float]:
     return [values[step] for values in series]
@@ -143,7 +147,7 @@ def layer_table(measured: dict[str, Measured]) -> tuple[list[str], list[list[str
     rows = []
     layers = 0
     for setting, row in measured.items():
-        per_seed = [values for values in row.cv if values] or row.split
+        per_seed = row.per_layer()
         layers = max(layers, len(per_seed[0]))
         rows.append([LABELS[setting]] + [f"{100 * statistics.fmean(v):.1f}" for v in zip(*per_seed)])
     return ["setting", "emb"] + [f"L{i}" for i in range(1, layers)], rows
@@ -180,22 +184,19 @@ def _band(axes, xs, per_seed: list[list[float]], label: str, style: str = "o-", 
 
 def figures(measured: dict[str, Measured], folder: Path, title: str) -> list[str]:
     """knn_by_layer.png, knn_by_step.png and drift_by_layer.png; returns the file names."""
-    def pick(row: Measured) -> list[list[float]]:
-        return [v for v in row.cv if v] or row.split
-
     metric = "10-fold kNN accuracy" if any(v for row in measured.values() for v in row.cv) else "kNN accuracy"
 
     def by_layer(axes) -> None:
         for setting, style, color in ((UNTRAINED, "s--", "0.5"), ("dropout", "o-", "C1"), ("crops", "o-", "C0"),
                                       ("token_crops", "^-", "C2")):
             if setting in measured:
-                values = pick(measured[setting])
+                values = measured[setting].per_layer()
                 _band(axes, range(len(values[0])), values, LABELS[setting], style, color)
-        count = len(pick(next(iter(measured.values())))[0])
+        count = len(next(iter(measured.values())).per_layer()[0])
         axes.set_xticks(range(count), ["emb"] + [str(i) for i in range(1, count)])
 
     base = measured.get(UNTRAINED)
-    start = {seed: values[-1] for seed, values in zip(base.seeds, pick(base))} if base else {}
+    start = {seed: values[-1] for seed, values in zip(base.seeds, base.per_layer())} if base else {}
 
     def by_step(axes) -> None:
         for index, (setting, row) in enumerate(measured.items()):

@@ -5,7 +5,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from lightning_app.data.datamodule import ContrastiveDataModule
 from lightning_app.data.views import SentenceCrops
-from lightning_app.evaluate.callback import MtebCallback, block_means
+from lightning_app.evaluate.callback import MtebCallback
+from lightning_app.evaluate.report import block_means
 from lightning_app.model.module import ContrastiveModule
 
 
