@@ -173,6 +173,10 @@ def test_plan_trains_the_last_layers_and_probes_step_zero_once_per_seed(tmp_path
     ("--seeds=[1, 1]", "seeds: expected distinct"),
     ("--config_overrides={hidden_sise: 8}", "config_overrides: 'hidden_sise' is not a field of BertConfig"),
     ("--budget.probe_every=0", "budget.probe_every: expected >= 1 step or null"),
+    ("--budget.steps=0", "budget.steps: expected >= 1 or null (one epoch), got 0"),
+    ("--mteb_seeds=-1", "mteb_seeds: expected >= 0, got -1"),
+    ("--model=/no/such/model", "model: cannot read the config of '/no/such/model'"),
+    ("--corpus=/no/such/corpus.jsonl", "data.source: file not found: '/no/such/corpus.jsonl'"),
 ])
 def test_bad_grid_options(tmp_path, tiny_model, capsys, option, message):
     with pytest.raises(SystemExit) as exit_info:
@@ -180,6 +184,16 @@ def test_bad_grid_options(tmp_path, tiny_model, capsys, option, message):
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_output_that_is_a_file_is_refused_and_kept(tmp_path, tiny_model, capsys):
+    output = tmp_path / "results"
+    output.write_text("not a folder")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["reproduce", f"--model={tiny_model}", f"--output={output}"])
+    assert exit_info.value.code == 2
+    assert f"output: expected a folder, but {output} is a file" in capsys.readouterr().err
+    assert output.read_text() == "not a folder"
 
 
 @pytest.mark.parametrize("config", ["configs/reproduce/quick.yaml", "configs/paper/reproduce.yaml"])
