@@ -22,9 +22,9 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.common import PeakRss, emit, text_pairs  # noqa: E402
-from lightning_app.data.datamodule import PairCollator  # noqa: E402
+from lightning_app.data.collate import PairCollator  # noqa: E402
 from lightning_app.data.views import SentenceCrops  # noqa: E402
-from lightning_app.model.encoder import load_tokenizer  # noqa: E402
+from lightning_app.packaged import load_tokenizer  # noqa: E402
 from lightning_app.model.module import ContrastiveModule  # noqa: E402
 
 

@@ -10,6 +10,7 @@ import time
 
 import psutil
 
+from lightning_app.data.sources import read_text
 from lightning_app.data.views import View
 from lightning_app.packaged import packaged_path
 
@@ -17,7 +18,7 @@ from lightning_app.packaged import packaged_path
 def bbc_texts() -> list[str]:
     """Every article of the packaged BBC News corpus, in a fixed order."""
     folder = packaged_path("packaged:bbcnews")
-    return [p.read_bytes().decode("latin-1") for p in sorted(folder.glob("*/*.txt"))]
+    return [read_text(p) for p in sorted(folder.glob("*/*.txt"))]
 
 
 def text_pairs(view: View, count: int, seed: int = 0) -> list[tuple[str, str]]:

@@ -18,9 +18,10 @@ import time
 
 import torch
 
-from lightning_app.model.encoder import Encoder, load_tokenizer
+from lightning_app.model.encoder import Encoder
+from lightning_app.packaged import load_tokenizer
 from lightning_app.probes.corpus import ProbeCorpus, load_probe_corpus
-from lightning_app.probes.embed import embed_layers, tokenize
+from lightning_app.probes.embed import embed_layers
 from lightning_app.probes.knn import layer_knn_accuracy
 
 
@@ -46,7 +47,7 @@ def main() -> None:
     encoder = Encoder("packaged:minilm").to(device).eval()
     tokenizer = load_tokenizer("packaged:minilm")
     corpus = load_probe_corpus(ProbeCorpus(max_documents=args.documents), k=10, test_fraction=0.1, seed=42)
-    token_ids = tokenize(tokenizer, corpus.texts, args.max_length)
+    token_ids = tokenizer(corpus.texts, truncation=True, max_length=args.max_length, verbose=False)["input_ids"]
     run = lambda last_only: probe_seconds(encoder, token_ids, corpus.labels, tokenizer.pad_token_id,  # noqa: E731
                                           args.batch_size, last_only)
     run(True)  # warm-up: allocator, kernels, caches

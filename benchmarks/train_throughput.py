@@ -36,9 +36,10 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.common import emit, text_pairs  # noqa: E402
 from lightning_app.data.bucketing import regroup_by_length  # noqa: E402
-from lightning_app.data.datamodule import PairCollator  # noqa: E402
+from lightning_app.data.collate import PairCollator  # noqa: E402
 from lightning_app.data.views import Dropout, SentenceCrops  # noqa: E402
-from lightning_app.model.encoder import load_tokenizer, transformer_layers  # noqa: E402
+from lightning_app.model.encoder import transformer_layers  # noqa: E402
+from lightning_app.packaged import load_tokenizer  # noqa: E402
 from lightning_app.model.module import ContrastiveModule  # noqa: E402
 from lightning_app.packaged import resolve_model  # noqa: E402
 

@@ -6,14 +6,24 @@ import sys
 
 from jsonargparse import CLI
 from lightning import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from lightning_app.data.datamodule import ContrastiveDataModule
 from lightning_app.errors import ConfigError
-from lightning_app.export import read_checkpoint
+from lightning_app.evaluate.callback import MtebCallback
+from lightning_app.export import ExportEncoder, read_checkpoint
 from lightning_app.model.module import ContrastiveModule
+from lightning_app.model.throughput import PairThroughput
 from lightning_app.preemption import AtomicCheckpointIO, ContinueLogs, StepBoundaryRequeue
+from lightning_app.probes.callbacks import LayerProbe
+from lightning_app.probes.drift import LayerDrift
+
+# The callbacks every run has, each configured in its own section of the config (``probe.k: 10``),
+# so a recipe changes one option without restating the list: section -> callback.
+SECTIONS = {"checkpoint": ModelCheckpoint, "throughput": PairThroughput, "export": ExportEncoder,
+            "probe": LayerProbe, "drift": LayerDrift, "mteb": MtebCallback}
 
 # ``--ckpt_path`` values Lightning resolves itself (the newest last/hpc/best checkpoint).
 SPECIAL_CKPT_PATHS = {"last", "hpc", "best"}
@@ -27,13 +37,16 @@ Other commands:  lightning export --help   (checkpoint -> HF / sentence-transfor
 
 
 class ContrastiveCLI(LightningCLI):
-    """LightningCLI whose data module always tokenizes like the model it feeds, and whose
-    trainer survives preemption (atomic checkpoints, requeue at a step boundary, continuous
-    logs; see ``lightning_app.preemption``)."""
+    """LightningCLI whose data module always tokenizes like the model it feeds, whose callbacks
+    are config sections (``SECTIONS``; ``trainer.callbacks`` adds others), and whose trainer
+    survives preemption (atomic checkpoints, requeue at a step boundary, continuous logs; see
+    ``lightning_app.preemption``)."""
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("model.model", "data.tokenizer")
         parser.link_arguments("model.trust_remote_code", "data.trust_remote_code")
+        for section, callback in SECTIONS.items():
+            parser.add_lightning_class_args(callback, section)
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)

@@ -15,8 +15,8 @@ import torch
 from lightning import Callback, LightningModule, Trainer
 
 from lightning_app.errors import ConfigError
-from lightning_app.model.encoder import Encoder, load_tokenizer
-from lightning_app.packaged import resolve_model
+from lightning_app.model.encoder import Encoder
+from lightning_app.packaged import load_tokenizer, resolve_model
 
 
 def export_encoder(encoder: Encoder, tokenizer, output: str | os.PathLike, max_seq_length: int = 512) -> Path:

@@ -48,3 +48,10 @@ def packaged_path(name: str) -> Path:
 def resolve_model(name_or_path: str) -> str:
     """A hub id or local folder as given; ``packaged:<name>`` as its installed folder."""
     return str(packaged_path(name_or_path)) if is_packaged(name_or_path) else str(name_or_path)
+
+
+def load_tokenizer(model: str, trust_remote_code: bool = False):
+    """The tokenizer of a hub id, local folder or ``packaged:<name>`` (data and model both use it)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve_model(model), trust_remote_code=trust_remote_code)

@@ -11,8 +11,7 @@ import torch
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
-from lightning_app.model.encoder import load_tokenizer  # noqa: E402
-from lightning_app.packaged import packaged_path  # noqa: E402
+from lightning_app.packaged import load_tokenizer, packaged_path  # noqa: E402
 
 
 @pytest.fixture(scope="session")

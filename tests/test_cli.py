@@ -141,8 +141,7 @@ def bad_input_cases(tmp_path, tiny_model):
     unlabelled.write_text('{"text": "x", "category": "y"}\n')
     labelled = tmp_path / "labelled.jsonl"
     labelled.write_text("".join(f'{{"text": "document {i}", "topic": {i % 3}}}\n' for i in range(60)))
-    probe = lambda path: ["--trainer.callbacks+=lightning_app.probes.callbacks.LayerProbe",  # noqa: E731
-                          f'--trainer.callbacks.corpora=[{{"name": "mine", "source": "{path}", "label_field": "topic"}}]']
+    probe = lambda path: [f'--probe.corpora=[{{"name": "mine", "source": "{path}", "label_field": "topic"}}]']  # noqa: E731
     return [
         (["--data.source", str(tmp_path / "missing.jsonl")], "data.source: file not found: '"),
         (["--data.source", str(tmp_path / "*.parquet")], "data.source: no file matches the glob '"),

@@ -25,15 +25,22 @@ from lightning_app.packaged import is_packaged, packaged_path
 BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".txt": "text"}
 
 
+def read_text(path: str | os.PathLike) -> str:
+    """A text file as UTF-8, else as Windows-1252, else as Latin-1 (which decodes any byte): the one
+    decoder of every plain-text corpus (training, probes, offline MTEB tasks, benchmarks)."""
+    raw = Path(path).read_bytes()
+    for encoding in ("utf-8", "cp1252"):
+        try:
+            return raw.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+    return raw.decode("latin-1")
+
+
 def _read_text_files(paths: list[str]):
     """One example per file; the label is the name of the file's folder (``<label>/<doc>.txt``)."""
     for path in paths:
-        raw = Path(path).read_bytes()
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            text = raw.decode("latin-1")
-        yield {"text": text, "label": Path(path).parent.name}
+        yield {"text": read_text(path), "label": Path(path).parent.name}
 
 
 def news_articles(archive: Path):

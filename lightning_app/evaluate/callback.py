@@ -6,9 +6,7 @@ import os
 
 from lightning import Callback, LightningModule, Trainer
 
-from lightning_app.evaluate.mteb_encoder import MtebEncoder
-from lightning_app.evaluate.report import block_means, evaluate_tasks
-from lightning_app.evaluate.tasks import resolve_tasks, task_block
+from lightning_app.errors import ConfigError
 
 
 class MtebCallback(Callback):
@@ -19,25 +17,31 @@ class MtebCallback(Callback):
     kept in mteb's JSON layout under ``output``, one revision (weights hash) per evaluation.
 
     Args:
-        tasks: a task set (``offline-fast``, ``offline``, ``paper``, ...) or comma-separated task names.
+        tasks: a task set (``offline-fast``, ``offline``, ``paper``, ...) or comma-separated task
+            names; None evaluates nothing (the default recipe: MTEB costs minutes per evaluation).
         every_n_steps: training steps between evaluations.
         output: results folder; default: the run's log directory + ``/mteb``.
         batch_size: texts per forward pass.
         max_seq_length: tokens kept per text.
     """
 
-    def __init__(self, tasks: str = "offline-fast", every_n_steps: int = 100, output: str | None = None,
+    def __init__(self, tasks: str | None = None, every_n_steps: int = 100, output: str | None = None,
                  batch_size: int = 32, max_seq_length: int = 256) -> None:
         if every_n_steps < 1:
-            raise ValueError(f"every_n_steps: expected >= 1, got {every_n_steps}")
+            raise ConfigError(f"mteb.every_n_steps: expected >= 1, got {every_n_steps}")
         self.task_spec = tasks
         self.every_n_steps = every_n_steps
         self.output = output
         self.batch_size = batch_size
         self.max_seq_length = max_seq_length
         self.last_step: int | None = None
+        self.tasks: list = []
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self.task_spec is None:
+            return
+        from lightning_app.evaluate.tasks import resolve_tasks, task_block  # mteb loads only when used
+
         self.tasks = resolve_tasks(self.task_spec)  # unknown tasks fail here, before training
         self.blocks = {task.metadata.name: task_block(task) for task in self.tasks}
 
@@ -49,6 +53,11 @@ class MtebCallback(Callback):
             self._evaluate(trainer, pl_module)  # once per optimizer step, also with accumulation
 
     def _evaluate(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not self.tasks:
+            return
+        from lightning_app.evaluate.mteb_encoder import MtebEncoder
+        from lightning_app.evaluate.report import block_means, evaluate_tasks
+
         self.last_step = trainer.global_step
         means = None
         if trainer.is_global_zero:

@@ -23,6 +23,7 @@ from lightning_app.errors import ConfigError
 from lightning_app.export import load_encoder
 from lightning_app.model.encoder import Encoder
 from lightning_app.packaged import is_packaged
+from lightning_app.probes.embed import embed_layers, evaluating
 
 if TYPE_CHECKING:
     from mteb.abstasks.task_metadata import TaskMetadata
@@ -181,28 +182,17 @@ class MtebEncoder(AbsEncoder):
         _ = self.revision  # drops the cache if the weights changed
         keys = [_text_key(t) for t in texts]
         todo = {k: t for k, t in zip(keys, texts) if k not in self._cache}
-        order = sorted(todo, key=lambda k: -len(todo[k]))  # similar lengths share a batch
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start:start + self.batch_size]
-            self._cache.update(zip(chunk, self._forward([todo[k] for k in chunk])))
+        if todo:
+            self._cache.update(zip(todo, self._forward(list(todo.values()))))
         row = 0 if not self.all_layers else (self.encoder.num_layers if self.layer is None else self.layer)
         return np.stack([self._cache[k][row] for k in keys])
 
     def _forward(self, texts: list[str]) -> np.ndarray:
-        """(B, rows, hidden): every layer with ``all_layers``, else only ``self.layer``."""
-        device = next(self.encoder.parameters()).device
-        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_seq_length,
-                               return_tensors="pt").to(device)
-        modes = {module: module.training for module in self.encoder.modules()}
-        self.encoder.eval()
-        try:
-            with torch.inference_mode():
-                if self.all_layers or self.layer is not None:
-                    out = self.encoder.layer_embeddings(batch["input_ids"], batch["attention_mask"])
-                    out = out if self.all_layers else out[self.layer:self.layer + 1]
-                else:
-                    out = self.encoder(batch["input_ids"], batch["attention_mask"])[None]
-        finally:  # restore each module's own mode (a fresh Encoder is in train mode, its backbone not)
-            for module, training in modes.items():
-                module.training = training
+        """(N, rows, hidden): every layer with ``all_layers``, else only ``self.layer``, in eval mode."""
+        ids = self.tokenizer(texts, truncation=True, max_length=self.max_seq_length, verbose=False)["input_ids"]
+        last_only = not self.all_layers and self.layer is None
+        with evaluating(self.encoder):
+            out = embed_layers(self.encoder, ids, self.tokenizer.pad_token_id, self.batch_size, last_only=last_only)
+        if not self.all_layers and self.layer is not None:
+            out = out[self.layer:self.layer + 1]
         return out.transpose(0, 1).float().cpu().numpy()

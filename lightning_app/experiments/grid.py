@@ -19,17 +19,14 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import yaml
 
 from lightning_app.errors import ConfigError
 
-VIEWS = {
-    "crops": {"class_path": "lightning_app.data.views.SentenceCrops"},
-    "dropout": {"class_path": "lightning_app.data.views.Dropout"},
-    "token_crops": {"class_path": "lightning_app.data.views.TokenCrops",
-                    "init_args": {"ratio_min": 0.1, "ratio_max": 0.5}},
-}
+# The recipe each view's cells start from (relative paths: to the working folder, else to the project).
+RECIPES = {"crops": "configs/crop.yaml", "dropout": "configs/dropout.yaml", "token_crops": "configs/token_crop.yaml"}
 # setting -> (view, trained layers: None = all)
 SETTINGS: dict[str, tuple[str, int | None]] = {
     "dropout": ("dropout", None),
@@ -40,16 +37,17 @@ SETTINGS: dict[str, tuple[str, int | None]] = {
 }
 UNTRAINED = "untrained"
 ALL_SETTINGS = (UNTRAINED, *SETTINGS)
+PROJECT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
 class Budget:
-    """What every trained cell shares.
+    """What every trained cell shares; None keeps the recipe's value.
 
     Args:
-        steps: optimizer steps per run; None: one epoch (documents / batch_size).
+        steps: optimizer steps per run; ``epoch``: one epoch (documents / batch size); None: the recipe's.
         batch_size: pairs per step.
-        lr: peak learning rate (linear warmup over 10%, then linear decay).
+        lr: peak learning rate (the recipe's warmup and decay).
         max_length: tokens per view.
         probe_every: probe every layer every this many steps (and at the end); None: steps / 4.
         probe_documents: probe a seeded sample of this many labelled documents; None: all.
@@ -57,31 +55,51 @@ class Budget:
         cv_folds: folds of the cross-validated kNN accuracy (0: only the 10% split).
     """
 
-    steps: int | None = 30
-    batch_size: int = 32
-    lr: float = 2e-5
-    max_length: int = 128
+    steps: int | Literal["epoch"] | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    max_length: int | None = None
     probe_every: int | None = None
     probe_documents: int | None = 1000
-    probe_max_length: int = 128
+    probe_max_length: int | None = None
     cv_folds: int = 10
 
 
 @dataclass
 class Hardware:
-    """Where each cell runs.
+    """Where each cell runs; None keeps the recipe's value.
 
     Args:
         accelerator: the Trainer's accelerator (auto, cpu, gpu).
         devices: the Trainer's devices per cell.
-        precision: the Trainer's precision (e.g. bf16-mixed); None keeps its default.
+        precision: the Trainer's precision (e.g. bf16-mixed).
         num_workers: data-loading processes per cell.
     """
 
-    accelerator: str = "auto"
-    devices: int | str = 1
+    accelerator: str | None = None
+    devices: int | str | None = None
     precision: str | None = None
-    num_workers: int = 1
+    num_workers: int | None = None
+
+
+def recipe_file(path: str) -> Path:
+    """A recipe file: as given, else relative to the project (``configs/crop.yaml`` from anywhere)."""
+    for candidate in (Path(path), PROJECT / path):
+        if candidate.is_file():
+            return candidate.resolve()
+    raise ConfigError(f"recipes: no config file at '{path}'; expected a `lightning fit` config such as configs/crop.yaml")
+
+
+def resolved(recipe: Path) -> dict:
+    """The complete ``lightning fit`` config a recipe file stands for (defaults filled in), as the
+    ``lightning`` command parses it (``--print_config``: nothing is built)."""
+    done = subprocess.run([sys.executable, "-m", "lightning_app", "fit", "--config", str(recipe), "--print_config"],
+                          capture_output=True, text=True)
+    config = yaml.safe_load(done.stdout) if done.returncode == 0 else None
+    if not isinstance(config, dict):
+        error = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ConfigError(f"recipes: '{recipe}' is not a valid `lightning fit` config ({error})")
+    return config
 
 
 @dataclass
@@ -119,47 +137,37 @@ def probe_steps(steps: int, probe_every: int | None) -> int:
     return probe_every or max(1, math.ceil(steps / 4))
 
 
-def cell_config(setting: str, seed: int, folder: Path, *, model: dict, corpus: dict, budget: Budget,
-                steps: int, num_layers: int, hardware: Hardware, probe_at_start: bool) -> dict:
-    """The ``lightning fit`` config of one cell: everything explicit, nothing read from elsewhere."""
+def _set(config: dict, **values) -> None:
+    """Dotted ``lightning fit`` keys (``section__option``), the None values left to the recipe."""
+    config.update({key.replace("__", "."): value for key, value in values.items() if value is not None})
+
+
+def cell_config(setting: str, seed: int, folder: Path, *, recipes: dict[str, Path], model: dict, corpus: dict,
+                budget: Budget, steps: int, num_layers: int, hardware: Hardware, probe_at_start: bool) -> dict:
+    """The ``lightning fit`` config of one cell: its view's recipe file and what the grid changes in it."""
     view, trained = SETTINGS[setting]
     if trained is not None and trained > num_layers:
         raise ConfigError(f"settings: '{setting}' trains the last {trained} layers, but the model has {num_layers}")
     every = probe_steps(steps, budget.probe_every)
-    trainer = {
-        "accelerator": hardware.accelerator, "devices": hardware.devices, "max_steps": steps,
-        "val_check_interval": every, "check_val_every_n_epoch": None, "limit_val_batches": 2,
-        "num_sanity_val_steps": 0, "log_every_n_steps": 1, "enable_progress_bar": False,
-        "default_root_dir": str(folder),
-        "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                   "init_args": {"save_dir": str(folder), "name": "", "version": "tensorboard"}},
-        "callbacks": [
-            {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-             "init_args": {"dirpath": str(folder / "checkpoints"), "every_n_train_steps": every,
-                           "save_top_k": 0, "save_last": True}},
-            {"class_path": "lightning_app.model.throughput.PairThroughput"},
-            {"class_path": "lightning_app.export.ExportEncoder", "init_args": {"dirpath": str(folder / "export")}},
-            {"class_path": "lightning_app.probes.callbacks.LayerProbe",
-             "init_args": {"corpora": [{"name": corpus["name"], "source": corpus["source"],
-                                        "text_field": corpus["text_field"], "label_field": corpus["label_field"],
-                                        "max_documents": budget.probe_documents}],
-                           "k": 10, "metric": "euclidean", "test_fraction": 0.1, "seed": 42,
-                           "max_length": budget.probe_max_length, "batch_size": 32, "cv_folds": budget.cv_folds,
-                           "geometry_pairs": 64, "projector": False, "at_start": probe_at_start}},
-            {"class_path": "lightning_app.probes.callbacks.LayerDrift", "init_args": {"every_n_steps": every}},
-        ],
-    }
-    if hardware.precision:
-        trainer["precision"] = hardware.precision
-    return {
-        "seed_everything": seed,
-        "trainer": trainer,
-        "model": {**model, "frozen_layers": 0 if trained is None else num_layers - trained,
-                  "lr": budget.lr, "warmup_fraction": 0.1, "temperature": 0.05, "pooling": "mean"},
-        "data": {"source": corpus["source"], "text_field": corpus["text_field"], "view": VIEWS[view],
-                 "max_length": budget.max_length, "batch_size": budget.batch_size,
-                 "num_workers": hardware.num_workers, "val_fraction": 0.05, "val_documents": 64},
-    }
+    config = {"config": str(recipes[view]), "seed_everything": seed}
+    _set(config, trainer__max_steps=steps, trainer__val_check_interval=every, trainer__limit_val_batches=2,
+         trainer__enable_progress_bar=False, trainer__default_root_dir=str(folder),
+         trainer__logger={"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                          "init_args": {"save_dir": str(folder), "name": "", "version": "tensorboard"}},
+         trainer__callbacks=[], trainer__accelerator=hardware.accelerator, trainer__devices=hardware.devices,
+         trainer__precision=hardware.precision,
+         checkpoint__dirpath=str(folder / "checkpoints"), checkpoint__every_n_train_steps=every,
+         checkpoint__save_top_k=0, checkpoint__save_last=True,
+         probe__corpora=[{"name": corpus["name"], "source": corpus["source"], "text_field": corpus["text_field"],
+                          "label_field": corpus["label_field"], "max_documents": budget.probe_documents}],
+         probe__max_length=budget.probe_max_length, probe__cv_folds=budget.cv_folds, probe__projector=False,
+         probe__at_start=probe_at_start, drift__every_n_steps=every,
+         model__frozen_layers=0 if trained is None else num_layers - trained, model__lr=budget.lr,
+         data__source=corpus["source"], data__text_field=corpus["text_field"], data__max_length=budget.max_length,
+         data__batch_size=budget.batch_size, data__num_workers=hardware.num_workers, data__val_documents=64)
+    config["mteb.tasks"] = None  # the grid evaluates the final models itself
+    config.update({f"model.{key}": value for key, value in model.items()})
+    return config
 
 
 def plan(output: Path, settings: list[str], seeds: list[int], **config_args) -> list[Cell]:
@@ -208,5 +216,5 @@ def run_cell(cell: Cell, keep_checkpoints: bool = False) -> float:
     if not keep_checkpoints:
         shutil.rmtree(cell.folder / "checkpoints", ignore_errors=True)
     cell.done_file.write_text(json.dumps({"setting": cell.setting, "seed": cell.seed, "wall_s": round(seconds, 1),
-                                          "steps": cell.config["trainer"]["max_steps"]}) + "\n", encoding="utf-8")
+                                          "steps": cell.config["trainer.max_steps"]}) + "\n", encoding="utf-8")
     return seconds

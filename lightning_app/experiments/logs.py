@@ -8,8 +8,7 @@ from pathlib import Path
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lightning_app.errors import ConfigError
-
-Series = dict[int, float]  # step -> value; a step logged twice (a resumed run) keeps the later value
+from lightning_app.probes.tags import Series
 
 
 def read_scalars(log_dir: Path) -> dict[str, Series]:
@@ -20,12 +19,6 @@ def read_scalars(log_dir: Path) -> dict[str, Series]:
     accumulator.Reload()
     return {tag: {event.step: event.value for event in accumulator.Scalars(tag)}
             for tag in accumulator.Tags()["scalars"]}
-
-
-def layer_series(scalars: dict[str, Series], prefix: str) -> list[Series]:
-    """``<prefix>/layer_00``, ``layer_01``, ... in layer order (embeddings first)."""
-    tags = sorted(tag for tag in scalars if tag.startswith(prefix + "/layer_"))
-    return [scalars[tag] for tag in tags]
 
 
 def read_mteb(folder: Path) -> dict | None:

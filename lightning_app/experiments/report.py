@@ -14,7 +14,9 @@ from matplotlib.figure import Figure
 
 from lightning_app.errors import ConfigError
 from lightning_app.experiments.grid import UNTRAINED, Cell
-from lightning_app.experiments.logs import Series, layer_series, read_mteb, read_scalars
+from lightning_app.experiments.logs import read_mteb, read_scalars
+from lightning_app.probes import tags
+from lightning_app.probes.tags import Series, layer_series
 
 # González-Márquez et al. (TMLR 2026): MPNet, batch 64, one epoch; in-domain kNN accuracy (mean over
 # their labelled corpora) and the mean of MTEB block means.
@@ -55,10 +57,10 @@ def collect(cells: list[Cell], corpus: str, untrained_mteb: dict | None) -> dict
         if not cell.done:
             continue
         scalars = read_scalars(cell.log_dir)
-        split = layer_series(scalars, f"probe/{corpus}/knn_acc")
-        cv = layer_series(scalars, f"probe/{corpus}/knn_cv_acc")
+        split = layer_series(scalars, tags.probe_tag(corpus, tags.KNN))
+        cv = layer_series(scalars, tags.probe_tag(corpus, tags.KNN_CV))
         if not split:
-            raise ConfigError(f"cell {cell.name} is marked done but {cell.log_dir} holds no probe/{corpus}/knn_acc; "
+            raise ConfigError(f"cell {cell.name} is marked done but {cell.log_dir} holds no {tags.probe_tag(corpus, tags.KNN)}; "
                               f"remove {cell.folder} to run it again")
         final = max(split[-1])
         row = measured.setdefault(cell.setting, Measured(cell.setting))
@@ -66,7 +68,7 @@ def collect(cells: list[Cell], corpus: str, untrained_mteb: dict | None) -> dict
         row.split.append(_at(split, final))
         row.cv.append(_at(cv, final) if cv else [])
         row.by_step.append(dict(sorted((cv or split)[-1].items())))
-        drift = layer_series(scalars, "drift")
+        drift = layer_series(scalars, tags.DRIFT)
         row.drift.append([values[max(values)] for values in drift])
         row.wall_s.append(json.loads(cell.done_file.read_text())["wall_s"])
         mteb = read_mteb(cell.folder / "mteb")
@@ -150,7 +152,7 @@ def layer_table(measured: dict[str, Measured]) -> tuple[list[str], list[list[str
         per_seed = row.per_layer()
         layers = max(layers, len(per_seed[0]))
         rows.append([LABELS[setting]] + [f"{100 * statistics.fmean(v):.1f}" for v in zip(*per_seed)])
-    return ["setting", "emb"] + [f"L{i}" for i in range(1, layers)], rows
+    return ["setting", *tags.layer_names(layers)], rows
 
 
 def mteb_table(measured: dict[str, Measured]) -> tuple[list[str], list[list[str]]]:
@@ -193,7 +195,7 @@ def figures(measured: dict[str, Measured], folder: Path, title: str) -> list[str
                 values = measured[setting].per_layer()
                 _band(axes, range(len(values[0])), values, LABELS[setting], style, color)
         count = len(next(iter(measured.values())).per_layer()[0])
-        axes.set_xticks(range(count), ["emb"] + [str(i) for i in range(1, count)])
+        axes.set_xticks(range(count), tags.layer_names(count, prefix=""))
 
     base = measured.get(UNTRAINED)
     start = {seed: values[-1] for seed, values in zip(base.seeds, base.per_layer())} if base else {}
@@ -214,7 +216,7 @@ def figures(measured: dict[str, Measured], folder: Path, title: str) -> list[str
             if setting != UNTRAINED and row.drift and row.drift[0]:
                 _band(axes, range(len(row.drift[0])), row.drift, LABELS[setting], "o-", f"C{index}")
         count = max(len(row.drift[0]) for row in measured.values() if row.drift and row.drift[0])
-        axes.set_xticks(range(count), ["emb"] + [str(i) for i in range(1, count)])
+        axes.set_xticks(range(count), tags.layer_names(count, prefix=""))
 
     _figure(folder / "knn_by_layer.png", f"{title}\naccuracy by layer, before and after", "layer", metric, by_layer)
     _figure(folder / "knn_by_step.png", f"{title}\nlast layer during training", "step", metric, by_step)

@@ -6,7 +6,7 @@ from typing import Literal
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
+from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 
 from lightning_app.errors import ConfigError
 from lightning_app.packaged import resolve_model
@@ -22,8 +22,18 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: Pooling = 
     return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
 
 
-def load_tokenizer(model: str, trust_remote_code: bool = False):
-    return AutoTokenizer.from_pretrained(resolve_model(model), trust_remote_code=trust_remote_code)
+def model_config(model: str, config_overrides: dict | None = None, **kwargs) -> PretrainedConfig:
+    """The config of a hub id, folder or ``packaged:<name>`` with ``config_overrides`` applied (e.g.
+    ``{num_hidden_layers: 4, hidden_size: 256}`` for a smaller random-init model)."""
+    try:
+        config = AutoConfig.from_pretrained(resolve_model(model), **kwargs)
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"model: cannot read the config of '{model}': {str(error).splitlines()[0][:200]}") from None
+    for field, value in (config_overrides or {}).items():
+        if not hasattr(config, field):
+            raise ConfigError(f"model.config_overrides: '{field}' is not a field of {type(config).__name__}")
+        setattr(config, field, value)
+    return config
 
 
 def transformer_layers(backbone: nn.Module) -> nn.ModuleList:
@@ -63,11 +73,7 @@ class Encoder(nn.Module):
         if attn_implementation:
             kwargs["attn_implementation"] = attn_implementation
         path = resolve_model(model)
-        config = AutoConfig.from_pretrained(path, **kwargs)
-        for field, value in (config_overrides or {}).items():
-            if not hasattr(config, field):
-                raise ConfigError(f"model.config_overrides: '{field}' is not a field of {type(config).__name__}")
-            setattr(config, field, value)
+        config = model_config(model, config_overrides, **kwargs)
         if pretrained:
             try:
                 self.backbone = AutoModel.from_pretrained(path, config=config, **kwargs)
@@ -137,3 +143,4 @@ class Encoder(nn.Module):
 
     def _finish(self, embedding: torch.Tensor) -> torch.Tensor:
         return nn.functional.normalize(embedding, dim=-1) if self.normalize else embedding
+

@@ -11,10 +11,11 @@ from torch.nn import functional as F
 from transformers import get_linear_schedule_with_warmup
 
 from lightning_app.errors import ConfigError
-from lightning_app.model.encoder import Encoder, Pooling, load_tokenizer
+from lightning_app.model.encoder import Encoder, Pooling
 from lightning_app.model.gradcache import cached_embeddings
 from lightning_app.model.loss import info_nce
 from lightning_app.model.throughput import tokens_in
+from lightning_app.packaged import load_tokenizer
 
 
 class ContrastiveModule(LightningModule):

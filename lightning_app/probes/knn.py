@@ -52,14 +52,8 @@ def _distances(queries: torch.Tensor, train_x: torch.Tensor, metric: str) -> tor
 
 
 @torch.no_grad()
-def knn_predict(
-    train_x: torch.Tensor,
-    train_y: torch.Tensor,
-    test_x: torch.Tensor,
-    k: int = 10,
-    metric: str = "euclidean",
-    chunk_size: int = 1024,
-) -> torch.Tensor:
+def knn_predict(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, k: int = 10,
+                metric: str = "euclidean", chunk_size: int = 1024) -> torch.Tensor:
     """Majority vote of the ``k`` nearest training points for each test row (uniform weights).
 
     Tie rules, compared with ``sklearn.neighbors.KNeighborsClassifier(n_neighbors=k)``:
@@ -95,15 +89,8 @@ def knn_predict(
     return torch.cat(predictions)
 
 
-def knn_accuracy(
-    train_x: torch.Tensor,
-    train_y: torch.Tensor,
-    test_x: torch.Tensor,
-    test_y: torch.Tensor,
-    k: int = 10,
-    metric: str = "euclidean",
-    chunk_size: int = 1024,
-) -> float:
+def knn_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
+                 k: int = 10, metric: str = "euclidean", chunk_size: int = 1024) -> float:
     """Fraction of test rows whose kNN prediction (see ``knn_predict`` for the tie rule) equals ``test_y``."""
     predictions = knn_predict(train_x, train_y, test_x, k=k, metric=metric, chunk_size=chunk_size)
     return (predictions == test_y).sum().item() / len(test_y)
@@ -116,14 +103,25 @@ def _check_layers(embeddings: torch.Tensor, labels: torch.Tensor) -> None:
         )
 
 
-def layer_knn_accuracy(
-    embeddings: torch.Tensor,
-    labels: torch.Tensor,
-    k: int = 10,
-    test_fraction: float = 0.1,
-    seed: int = 42,
-    metric: str = "euclidean",
-) -> torch.Tensor:
+def _layer_accuracy(embeddings: torch.Tensor, labels: torch.Tensor, test_sets: list[torch.Tensor], k: int,
+                    metric: str) -> torch.Tensor:
+    """Per-layer share of the rows of ``test_sets`` whose kNN prediction, from every row outside
+    their own test set, is right: (L,) float64 on the CPU."""
+    correct = torch.zeros(embeddings.shape[0], dtype=torch.float64)
+    tested = 0
+    for test_idx in test_sets:
+        keep = torch.ones(len(labels), dtype=torch.bool, device=labels.device)
+        keep[test_idx] = False
+        train_idx = torch.nonzero(keep).flatten()
+        for layer, values in enumerate(embeddings):
+            predictions = knn_predict(values[train_idx], labels[train_idx], values[test_idx], k=k, metric=metric)
+            correct[layer] += (predictions == labels[test_idx]).sum().item()
+        tested += len(test_idx)
+    return correct / tested
+
+
+def layer_knn_accuracy(embeddings: torch.Tensor, labels: torch.Tensor, k: int = 10, test_fraction: float = 0.1,
+                       seed: int = 42, metric: str = "euclidean") -> torch.Tensor:
     """kNN accuracy of each layer of ``embeddings`` (L, N, H), all layers sharing one stratified split.
 
     Returns a float64 tensor of shape (L,) on the CPU. Raises ``ConfigError`` if ``labels`` does not
@@ -138,12 +136,7 @@ def layer_knn_accuracy(
     train_idx, test_idx = stratified_split(labels, test_fraction=test_fraction, seed=seed)
     if len(train_idx) < k:
         raise ConfigError(f"kNN probe needs at least k={k} training examples, the split has {len(train_idx)}")
-    train_y, test_y = labels[train_idx], labels[test_idx]
-    accuracies = [
-        knn_accuracy(layer[train_idx], train_y, layer[test_idx], test_y, k=k, metric=metric)
-        for layer in embeddings
-    ]
-    return torch.tensor(accuracies, dtype=torch.float64)
+    return _layer_accuracy(embeddings, labels, [test_idx], k, metric)
 
 
 def linear_probe_accuracy(
@@ -207,24 +200,10 @@ def stratified_folds(labels: torch.Tensor, folds: int = 10, seed: int = 42) -> l
     return [torch.sort(torch.cat(part)).values.to(labels.device) for part in parts]
 
 
-def layer_knn_cv_accuracy(
-    embeddings: torch.Tensor,
-    labels: torch.Tensor,
-    k: int = 10,
-    folds: int = 10,
-    seed: int = 42,
-    metric: str = "euclidean",
-) -> torch.Tensor:
+def layer_knn_cv_accuracy(embeddings: torch.Tensor, labels: torch.Tensor, k: int = 10, folds: int = 10, seed: int = 42,
+                          metric: str = "euclidean") -> torch.Tensor:
     """Cross-validated kNN accuracy of each layer of ``embeddings`` (L, N, H): every example is
     predicted once, from the other folds (``stratified_folds``), so the score uses all N test
     predictions instead of one 10% split and is far less noisy on small corpora. (L,) float64."""
     _check_layers(embeddings, labels)
-    correct = torch.zeros(embeddings.shape[0], dtype=torch.float64)
-    for test_idx in stratified_folds(labels, folds, seed):
-        keep = torch.ones(len(labels), dtype=torch.bool, device=labels.device)
-        keep[test_idx] = False
-        train_idx = torch.nonzero(keep).flatten()
-        for layer, values in enumerate(embeddings):
-            predictions = knn_predict(values[train_idx], labels[train_idx], values[test_idx], k=k, metric=metric)
-            correct[layer] += (predictions == labels[test_idx]).sum().item()
-    return correct / len(labels)
+    return _layer_accuracy(embeddings, labels, stratified_folds(labels, folds, seed), k, metric)

@@ -5,7 +5,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from lightning_app.data.datamodule import ContrastiveDataModule, PairCollator, PairStream, held_out
+from lightning_app.data.collate import PairCollator
+from lightning_app.data.datamodule import ContrastiveDataModule
+from lightning_app.data.pairs import held_out
+from lightning_app.data.stream import PairStream
 from lightning_app.data.views import Dropout, SentenceCrops
 from lightning_app.errors import ConfigError
 

@@ -15,8 +15,9 @@ import pytest
 import yaml
 
 from lightning_app.cli import main
-from lightning_app.experiments.grid import ALL_SETTINGS, Budget, Hardware, plan
-from lightning_app.experiments.logs import layer_series, read_scalars
+from lightning_app.experiments.grid import ALL_SETTINGS, RECIPES, Budget, Hardware, plan, recipe_file, resolved
+from lightning_app.experiments.logs import read_scalars
+from lightning_app.probes.tags import layer_series
 from lightning_app.packaged import packaged_path
 
 SETTINGS = ["dropout", "crops", "token_crops", "crops_last2", "crops_last1"]
@@ -82,7 +83,8 @@ def test_interrupted_grid_reruns_only_the_missing_cells(grid):
             assert (cell / "done.json").exists() and (cell / "export" / "config.json").exists()
             assert not (cell / "checkpoints").exists()  # removed once the cell finished
             config = yaml.safe_load((cell / "config.yaml").read_text())
-            assert config["seed_everything"] == seed and config["trainer"]["max_steps"] == 2
+            assert config["seed_everything"] == seed and config["trainer.max_steps"] == 2
+            assert config["config"] == str(ROOT / ("configs/dropout.yaml" if setting == "dropout" else "configs/crop.yaml"))
 
 
 @pytest.mark.timeout(600)
@@ -154,17 +156,41 @@ def test_a_rerun_of_a_finished_grid_runs_nothing(grid, tiny_model, capsys):
 
 
 def test_plan_trains_the_last_layers_and_probes_step_zero_once_per_seed(tmp_path):
-    cells = plan(tmp_path, list(ALL_SETTINGS), [1, 2], model={"model": "m", "pretrained": True,
-                                                               "config_overrides": None},
+    recipes = {view: recipe_file(path) for view, path in RECIPES.items()}
+    cells = plan(tmp_path, list(ALL_SETTINGS), [1, 2], recipes=recipes,
+                 model={"model": "m", "pretrained": True, "config_overrides": None},
                  corpus={"name": "c", "source": "c.jsonl", "text_field": "text", "label_field": "label"},
                  budget=Budget(steps=40), steps=40, num_layers=6, hardware=Hardware())
     assert [cell.name for cell in cells[:5]] == [f"{s}/seed1" for s in SETTINGS]
-    frozen = {cell.setting: cell.config["model"]["frozen_layers"] for cell in cells}
+    frozen = {cell.setting: cell.config["model.frozen_layers"] for cell in cells}
     assert frozen == {"dropout": 0, "crops": 0, "token_crops": 0, "crops_last2": 4, "crops_last1": 5}
-    at_start = [cell.name for cell in cells if cell.config["trainer"]["callbacks"][3]["init_args"]["at_start"]]
+    views = {cell.setting: Path(cell.config["config"]).name for cell in cells}
+    assert views == {"dropout": "dropout.yaml", "crops": "crop.yaml", "token_crops": "token_crop.yaml",
+                     "crops_last2": "crop.yaml", "crops_last1": "crop.yaml"}
+    at_start = [cell.name for cell in cells if cell.config["probe.at_start"]]
     assert at_start == ["dropout/seed1", "dropout/seed2"]
-    assert {cell.config["trainer"]["val_check_interval"] for cell in cells} == {10}
-    assert {cell.config["model"]["lr"] for cell in cells} == {2e-5}
+    assert {cell.config["trainer.val_check_interval"] for cell in cells} == {10}
+    # What the budget leaves unset is the recipe's, written there alone.
+    assert not any(key in cell.config for cell in cells for key in ("model.lr", "data.batch_size", "model.temperature"))
+
+
+def test_a_cell_is_its_recipe_plus_the_grid_budget(tmp_path, tiny_model):
+    """The resolved config of a cell keeps the recipe's hyperparameters and takes the budget's."""
+    recipes = {view: recipe_file(path) for view, path in RECIPES.items()}
+    budget = Budget(steps=7, lr=1e-3, probe_documents=100)
+    (cell,) = plan(tmp_path, ["token_crops"], [3], recipes=recipes, budget=budget, steps=7, num_layers=2,
+                   model={"model": tiny_model, "pretrained": True, "config_overrides": None},
+                   corpus={"name": "c", "source": "packaged:bbcnews", "text_field": "text", "label_field": "label"},
+                   hardware=Hardware(accelerator="cpu"))
+    path = tmp_path / "cell.yaml"
+    path.write_text(yaml.safe_dump(cell.config))
+    config, recipe = resolved(path), resolved(recipes["crops"])
+    assert config["data"]["view"]["class_path"] == "lightning_app.data.views.TokenCrops"
+    assert (config["trainer"]["max_steps"], config["model"]["lr"], config["seed_everything"]) == (7, 1e-3, 3)
+    assert config["trainer"]["accelerator"] == "cpu" and config["probe"]["corpora"][0]["max_documents"] == 100
+    for section, key in (("model", "temperature"), ("model", "warmup_fraction"), ("data", "batch_size"),
+                         ("data", "max_length"), ("probe", "max_length"), ("probe", "geometry_pairs")):
+        assert config[section][key] == recipe[section][key], key
 
 
 @pytest.mark.parametrize(("option", "message"), [
@@ -173,7 +199,9 @@ def test_plan_trains_the_last_layers_and_probes_step_zero_once_per_seed(tmp_path
     ("--seeds=[1, 1]", "seeds: expected distinct"),
     ("--config_overrides={hidden_sise: 8}", "config_overrides: 'hidden_sise' is not a field of BertConfig"),
     ("--budget.probe_every=0", "budget.probe_every: expected >= 1 step or null"),
-    ("--budget.steps=0", "budget.steps: expected >= 1 or null (one epoch), got 0"),
+    ("--budget.steps=0", "budget.steps: expected >= 1, 'epoch' or null (the recipe's), got 0"),
+    ("--recipes={crops: configs/nothing.yaml, dropout: configs/dropout.yaml, token_crops: configs/token_crop.yaml}",
+     "recipes: no config file at 'configs/nothing.yaml'"),
     ("--mteb_seeds=-1", "mteb_seeds: expected >= 0, got -1"),
     ("--model=/no/such/model", "model: cannot read the config of '/no/such/model'"),
     ("--corpus=/no/such/corpus.jsonl", "data.source: file not found: '/no/such/corpus.jsonl'"),

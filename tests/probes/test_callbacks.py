@@ -12,9 +12,12 @@ from torch.utils.data import DataLoader
 from lightning_app.cli import main
 from lightning_app.errors import ConfigError
 from lightning_app.model.module import ContrastiveModule
-from lightning_app.probes.callbacks import LayerDrift, LayerProbe, accuracy_figure, layer_tag
+from lightning_app.probes.board import accuracy_figure
+from lightning_app.probes.callbacks import LayerProbe
 from lightning_app.probes.corpus import ProbeCorpus
-from lightning_app.probes.embed import embed_layers, tokenize
+from lightning_app.probes.drift import LayerDrift
+from lightning_app.probes.embed import embed_layers
+from lightning_app.probes.tags import layer_tag
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -54,7 +57,7 @@ def test_figure_is_an_rgb_image():
 def test_embed_layers_batches_by_length_and_keeps_input_order(tiny_model, tokenizer):
     encoder = ContrastiveModule(tiny_model).encoder.eval()
     texts = ["short", "a much longer text about markets and shares", "mid length text", "x y"]
-    ids = tokenize(tokenizer, texts, 16)
+    ids = tokenizer(texts, truncation=True, max_length=16)["input_ids"]
     batched = embed_layers(encoder, ids, tokenizer.pad_token_id, batch_size=3)
     assert batched.shape == (encoder.num_layers + 1, 4, 32)
     for i, one in enumerate(ids):
