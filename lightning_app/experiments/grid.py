@@ -157,7 +157,7 @@ def cell_config(setting: str, seed: int, folder: Path, *, recipes: dict[str, Pat
          trainer__callbacks=[], trainer__accelerator=hardware.accelerator, trainer__devices=hardware.devices,
          trainer__precision=hardware.precision,
          checkpoint__dirpath=str(folder / "checkpoints"), checkpoint__every_n_train_steps=every,
-         checkpoint__save_top_k=0, checkpoint__save_last=True,
+         checkpoint__save_top_k=0, checkpoint__save_last=True, export__dirpath=str(folder / "export"),
          probe__corpora=[{"name": corpus["name"], "source": corpus["source"], "text_field": corpus["text_field"],
                           "label_field": corpus["label_field"], "max_documents": budget.probe_documents}],
          probe__max_length=budget.probe_max_length, probe__cv_folds=budget.cv_folds, probe__projector=False,

@@ -231,4 +231,7 @@ def test_budget_configs_parse(config, capsys):
     assert exit_info.value.code == 0
     options = yaml.safe_load(capsys.readouterr().out)
     assert options["settings"] == list(ALL_SETTINGS) and len(options["seeds"]) >= 2
-    assert options["budget"]["batch_size"] in (32, 64)
+    recipes = {view: recipe_file(path) for view, path in options["recipes"].items()}
+    assert set(recipes) == {"crops", "dropout", "token_crops"}
+    views = {view: resolved(path)["data"]["view"]["class_path"].rsplit(".", 1)[1] for view, path in recipes.items()}
+    assert views == {"crops": "SentenceCrops", "dropout": "Dropout", "token_crops": "TokenCrops"}
