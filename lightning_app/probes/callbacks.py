@@ -275,9 +275,18 @@ class LayerDrift(Callback):
         self.initial: list[list[torch.Tensor]] = []
         self.logged_step = -1
 
+    def state_dict(self) -> dict:
+        """``theta_0`` travels in the checkpoint: a resumed run still measures from the start of training."""
+        return {"initial": self.initial}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.initial = state_dict["initial"]
+
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.initial = [[p.detach().clone() for p in group] for group in pl_module.encoder.layer_parameters()]
-        self._log(trainer, pl_module)
+        if not self.initial:  # not restored from a checkpoint
+            self.initial = [[p.detach().clone() for p in group] for group in pl_module.encoder.layer_parameters()]
+        if trainer.global_step % (self.every_n_steps or trainer.log_every_n_steps) == 0:
+            self._log(trainer, pl_module)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
         every = self.every_n_steps or trainer.log_every_n_steps
@@ -289,7 +298,7 @@ class LayerDrift(Callback):
         """Relative change of every layer since the start of fit, embeddings first."""
         values = []
         for group, initial in zip(pl_module.encoder.layer_parameters(), self.initial):
-            moved = sum((p.detach().float() - p0.float()).pow(2).sum() for p, p0 in zip(group, initial))
+            moved = sum((p.detach().float() - p0.to(p.device).float()).pow(2).sum() for p, p0 in zip(group, initial))
             size = sum(p0.float().pow(2).sum() for p0 in initial)
             values.append((moved.sqrt() / size.sqrt()).item())
         return values
