@@ -3,7 +3,7 @@ time (the baseline), each run in a fresh output folder, alternating so that load
 hits both alike. On a CPU both use every core, so no speed-up is expected; on a node with N GPUs the
 cells run side by side.
 
-    python benchmarks/reproduce_parallel.py                    # quick.yaml, crops + dropout, seed 1, 6 steps
+    python benchmarks/reproduce_parallel.py                    # quick.yaml, crops + dropout, seed 1, 6 steps, probes at the end
     python benchmarks/reproduce_parallel.py --repeats 3 -- --budget.steps 30
 """
 
@@ -20,7 +20,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REDUCED = ["--config", os.path.join(ROOT, "configs/reproduce/quick.yaml"), "--settings", "[crops, dropout]",
-           "--seeds", "[1]", "--budget.steps", "6"]
+           "--seeds", "[1]", "--budget.steps", "6", "--budget.probe_every", "6"]
 
 
 def grid_seconds(output: str, extra: list[str]) -> float:

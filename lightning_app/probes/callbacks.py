@@ -260,7 +260,8 @@ def accuracy_figure(name: str, accuracies: torch.Tensor, baseline: torch.Tensor 
 
 class LayerDrift(Callback):
     """How far fine-tuning has moved each layer's weights: ``||theta - theta_0|| / ||theta_0||`` over
-    the layer's parameters, ``theta_0`` taken at the start of fit. Logged as ``drift/layer_NN``
+    the layer's parameters, ``theta_0`` taken at the start of training (and kept in checkpoints, so a
+    resumed fit measures from the same weights). Logged as ``drift/layer_NN``
     (layer 00: the embeddings); frozen layers stay exactly 0. Weights are the same on every rank,
     so rank 0 logs without any communication.
 
@@ -273,6 +274,7 @@ class LayerDrift(Callback):
             raise ConfigError(f"LayerDrift.every_n_steps: expected >= 1 or null, got {every_n_steps}")
         self.every_n_steps = every_n_steps
         self.initial: list[list[torch.Tensor]] = []
+        self.restored = False
         self.logged_step = -1
 
     def state_dict(self) -> dict:
@@ -281,10 +283,12 @@ class LayerDrift(Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.initial = state_dict["initial"]
+        self.restored = True
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if not self.initial:  # not restored from a checkpoint
+        if not self.restored:  # a fit from scratch: this is theta_0
             self.initial = [[p.detach().clone() for p in group] for group in pl_module.encoder.layer_parameters()]
+        self.restored = False
         if trainer.global_step % (self.every_n_steps or trainer.log_every_n_steps) == 0:
             self._log(trainer, pl_module)
 
