@@ -79,8 +79,13 @@ def _mteb(args: list[str]) -> None:
 
 
 def _reproduce(args: list[str]) -> None:
+    from jsonargparse import ArgumentError
+
     from lightning_app.experiments.command import reproduce_command
-    CLI(reproduce_command, args=args, prog="lightning reproduce")
+    try:
+        CLI(reproduce_command, args=args, prog="lightning reproduce", exit_on_error=False)
+    except ArgumentError as error:  # an unknown or mistyped option: one line, like every bad input
+        raise ConfigError(" ".join(line.strip() for line in str(error).splitlines() if line.strip())) from None
 
 
 COMMANDS = {"export": _export, "mteb": _mteb, "reproduce": _reproduce}

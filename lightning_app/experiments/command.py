@@ -16,9 +16,11 @@ import yaml
 from lightning_app.data.sources import open_corpus
 from lightning_app.errors import ConfigError
 from lightning_app.experiments.grid import (ALL_SETTINGS, RECIPES, UNTRAINED, Budget, Cell, Hardware, plan, recipe_file,
-                                            resolved, run_cell)
+                                            resolved)
+from lightning_app.experiments.launch import check_launcher, run_local, slot_environments
 from lightning_app.experiments.logs import read_mteb
 from lightning_app.experiments.report import collect, write_report
+from lightning_app.experiments.slurm import Slurm, check_slurm, submit
 from lightning_app.model.encoder import model_config
 
 
@@ -86,13 +88,16 @@ def reproduce_command(*, corpus: str = "packaged:bbcnews", text_field: str = "te
                       seeds: list[int] = [1, 2, 3], recipes: dict[str, str] = dict(RECIPES),
                       budget: Budget = Budget(), hardware: Hardware = Hardware(),
                       mteb_tasks: str | None = None, mteb_seeds: int = 1, mteb_max_seq_length: int = 256,
-                      output: str | None = None, keep_checkpoints: bool = False) -> None:
+                      output: str | None = None, keep_checkpoints: bool = False, launcher: str = "local",
+                      parallel: int | None = None, slurm: Slurm = Slurm(), report_only: bool = False) -> None:
     """Run the paper's comparison on a labelled corpus and write a report with a table and figures.
 
     Every cell (setting x seed) is an ordinary ``lightning fit`` whose config is written to
     OUTPUT/<setting>/seed<seed>/config.yaml; finished cells are skipped on a rerun, so an
     interrupted grid continues where it stopped. The report (report.md, results.csv, layers.csv and
     PNG figures in OUTPUT) is rebuilt from the cells' own logs at the end of every run.
+    ``--launcher slurm`` submits the unfinished cells as a SLURM job array and returns; rerun the
+    command (or add ``--report_only true``) to rebuild the report from the cells finished so far.
 
     Args:
         corpus: labelled corpus to train on (labels unused) and to probe: a local file, folder or
@@ -116,8 +121,15 @@ def reproduce_command(*, corpus: str = "packaged:bbcnews", text_field: str = "te
         output: results folder (default: results/<name>).
         keep_checkpoints: keep each finished cell's checkpoints (weights and optimizer state); the
             exported model is always kept.
+        launcher: where the cells run: local (this machine) or slurm (one task of a SLURM job array
+            per unfinished cell, requeued and resumed when preempted; see the slurm options).
+        parallel: cells at once: local, each on its own GPUs (hardware.devices each) or its share of
+            the CPU cores (default 1); slurm, the array's limit of running tasks (default none).
+        slurm: partition, time limit, GPUs and CPUs per cell and further sbatch options of the array.
+        report_only: launch nothing; rebuild the report from the cells finished so far.
     """
     _check_options(settings, seeds, mteb_seeds)
+    check_launcher(launcher, parallel)
     name = name or corpus_name(corpus)
     folder = Path(output or os.path.join("results", name))
     if folder.exists() and not folder.is_dir():
@@ -137,11 +149,20 @@ def reproduce_command(*, corpus: str = "packaged:bbcnews", text_field: str = "te
         steps = base["trainer"]["max_steps"] if budget.steps is None else budget.steps
     if steps < 1:
         raise ConfigError(f"budget.steps: expected >= 1, 'epoch' or null (the recipe's), got {steps}")
+    # What every cell runs on: the hardware options, else the recipe's trainer and data settings.
+    runs_on = Hardware(accelerator=hardware.accelerator or base["trainer"]["accelerator"],
+                       devices=hardware.devices or base["trainer"]["devices"],
+                       precision=hardware.precision or base["trainer"]["precision"],
+                       num_workers=base["data"]["num_workers"] if hardware.num_workers is None else hardware.num_workers)
     cells = plan(folder, settings, seeds, recipes=files, budget=budget, steps=steps,
                  num_layers=config.num_hidden_layers, hardware=hardware,
                  model={"model": model, "pretrained": pretrained, "config_overrides": config_overrides},
                  corpus={"name": name, "source": corpus, "text_field": text_field, "label_field": label_field})
     _check_reuse(cells)
+    if not report_only and launcher == "slurm":
+        check_slurm(slurm, runs_on)
+    elif not report_only:
+        slot_environments(parallel or 1, runs_on)  # enough GPUs / cores, before anything is written
     folder.mkdir(parents=True, exist_ok=True)
     options = {"corpus": corpus, "text_field": text_field, "label_field": label_field, "name": name,
                "model": model, "pretrained": pretrained, "config_overrides": config_overrides,
@@ -149,26 +170,37 @@ def reproduce_command(*, corpus: str = "packaged:bbcnews", text_field: str = "te
                "budget": dataclasses.asdict(budget),
                "hardware": dataclasses.asdict(hardware), "mteb_tasks": mteb_tasks, "mteb_seeds": mteb_seeds,
                "mteb_max_seq_length": mteb_max_seq_length, "output": str(folder),
-               "keep_checkpoints": keep_checkpoints}
+               "keep_checkpoints": keep_checkpoints, "launcher": launcher, "parallel": parallel,
+               "slurm": dataclasses.asdict(slurm)}
     (folder / "reproduce.yaml").write_text(yaml.safe_dump(options, sort_keys=False), encoding="utf-8")
 
     start = time.monotonic()
-    for index, cell in enumerate(cells, 1):
-        if cell.done:
-            print(f"[{index}/{len(cells)}] {cell.name}: finished earlier, kept")
-            continue
-        print(f"[{index}/{len(cells)}] {cell.name}: lightning fit --config {cell.folder / 'config.yaml'}", flush=True)
-        print(f"[{index}/{len(cells)}] {cell.name}: done in {run_cell(cell, keep_checkpoints):.0f} s", flush=True)
+    rerun = f"lightning reproduce --config {folder / 'reproduce.yaml'}"
+    if report_only:
+        waiting = [cell for cell in cells if not cell.done]
+    elif launcher == "slurm":
+        waiting = submit(cells, folder, slurm, parallel, keep_checkpoints,
+                         mteb={"tasks": mteb_tasks, "seeds": seeds[:mteb_seeds], "max_seq_length": mteb_max_seq_length,
+                               "gpu": runs_on.accelerator != "cpu"} if mteb_tasks else None)
+        if waiting:
+            print(f"watch:  squeue --me --array --name={slurm.job_name}   (each cell's progress: "
+                  f"{folder}/<setting>/seed<N>/fit.log, task output: {folder / 'slurm'}/<job>_<task>.out)\n"
+                  f"report: {rerun} --report_only true   (any time; complete once every task has finished)")
+    else:
+        run_local(cells, parallel or 1, runs_on, keep_checkpoints)
+        waiting = []
+    if len(waiting) == len(cells):
+        print(f"no finished cell yet; the report: {rerun} --report_only true")
+        return
 
-    accelerator = hardware.accelerator or base["trainer"]["accelerator"]
-    device = "cuda" if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available() else "cpu"
+    device = "cuda" if runs_on.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available() else "cpu"
     untrained = None
-    if mteb_tasks:
+    if mteb_tasks and not waiting:  # the base model once the grid is complete; cells keep their scores
         if pretrained and UNTRAINED in settings:  # a random-init base has no weights to evaluate
             print(f"MTEB {mteb_tasks}: {UNTRAINED}", flush=True)
             untrained = mteb_scores(model, mteb_tasks, folder / UNTRAINED / "mteb", mteb_max_seq_length, device)
         for cell in cells:
-            if cell.seed in seeds[:mteb_seeds]:
+            if cell.seed in seeds[:mteb_seeds] and cell.done:
                 print(f"MTEB {mteb_tasks}: {cell.name}", flush=True)
                 mteb_scores(str(cell.export_dir), mteb_tasks, cell.folder / "mteb", mteb_max_seq_length, device)
 
@@ -188,6 +220,9 @@ def reproduce_command(*, corpus: str = "packaged:bbcnews", text_field: str = "te
               f"- seeds: {', '.join(map(str, seeds))}; machine: {platform.machine()}, {os.cpu_count()} CPUs, "
               f"device {device}; the runs took {sum(sum(row.wall_s) for row in measured.values()) / 60:.1f} min "
               f"in all (this invocation {(time.monotonic() - start) / 60:.1f} min)"]
+    if waiting:
+        header.append(f"- **incomplete**: {len(cells) - len(waiting)} of {len(cells)} cells finished; still to come: "
+                      + ", ".join(cell.name for cell in waiting))
     report = write_report(measured, folder, f"{name}, {described}", header)
     print(report.read_text(encoding="utf-8"))
     print(f"report: {report}")

@@ -24,6 +24,7 @@ from typing import Literal
 import yaml
 
 from lightning_app.errors import ConfigError
+from lightning_app.experiments import children
 
 # The recipe each view's cells start from (relative paths: to the working folder, else to the project).
 RECIPES = {"crops": "configs/crop.yaml", "dropout": "configs/dropout.yaml", "token_crops": "configs/token_crop.yaml"}
@@ -183,21 +184,28 @@ def plan(output: Path, settings: list[str], seeds: list[int], **config_args) -> 
     return cells
 
 
-def run_cell(cell: Cell, keep_checkpoints: bool = False) -> float:
-    """Run one cell's ``lightning fit`` in its own process; returns its wall seconds.
+def run_cell(cell: Cell, keep_checkpoints: bool = False, env: dict | None = None,
+             overlays: tuple[str, ...] = ()) -> float | None:
+    """Run one cell's ``lightning fit`` in its own process (``experiments.children``: it dies with
+    this one); returns its wall seconds, or None when it stopped for a SLURM requeue.
 
-    A cell interrupted after a checkpoint resumes from it; one interrupted before its first
-    checkpoint starts again, its partial logs moved aside (``tensorboard.interrupted-N``).
-    ``done.json`` is written only after a clean exit with the model exported; the checkpoints
-    (weights plus optimizer state) are then removed unless ``keep_checkpoints``.
+    A cell interrupted after a checkpoint resumes from its newest one (``last.ckpt``, or the
+    ``hpc_ckpt_N.ckpt`` a requeue saved); one interrupted before its first checkpoint starts again,
+    its partial logs moved aside (``tensorboard.interrupted-N``). ``done.json`` is written only
+    after a clean exit with the model exported; the checkpoints (weights plus optimizer state) are
+    then removed unless ``keep_checkpoints``. ``env`` is added to the child's environment,
+    ``overlays`` are config files given after the cell's own.
     """
     cell.folder.mkdir(parents=True, exist_ok=True)
     config_path = cell.folder / "config.yaml"
     config_path.write_text(yaml.safe_dump(cell.config, sort_keys=False), encoding="utf-8")
     command = [sys.executable, "-m", "lightning_app", "fit", "--config", str(config_path)]
-    last = cell.folder / "checkpoints" / "last.ckpt"
-    if last.exists():
-        command += ["--ckpt_path", str(last)]
+    for overlay in overlays:
+        command += ["--config", overlay]
+    requeued = set(cell.folder.glob("hpc_ckpt_*.ckpt"))
+    saved = [path for path in (cell.folder / "checkpoints" / "last.ckpt", *requeued) if path.exists()]
+    if saved:
+        command += ["--ckpt_path", str(max(saved, key=lambda path: path.stat().st_mtime_ns))]
     elif cell.log_dir.exists():
         attempt = 1
         while cell.folder.joinpath(f"tensorboard.interrupted-{attempt}").exists():
@@ -207,14 +215,19 @@ def run_cell(cell: Cell, keep_checkpoints: bool = False) -> float:
     with open(cell.folder / "fit.log", "a", encoding="utf-8") as log:
         log.write(f"$ {' '.join(command)}\n")
         log.flush()
-        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        code = children.call(command, stdout=log, stderr=subprocess.STDOUT,
+                             env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"})
     seconds = time.monotonic() - start
+    if code == 0 and set(cell.folder.glob("hpc_ckpt_*.ckpt")) - requeued:
+        return None  # saved and requeued (SLURM's signal): the requeued job resumes it
     if code != 0 or not (cell.export_dir / "config.json").exists():
         tail = (cell.folder / "fit.log").read_text(encoding="utf-8", errors="replace").strip().splitlines()[-5:]
         raise ConfigError(f"cell {cell.name} failed (exit {code}); its log is {cell.folder / 'fit.log'}:\n  "
                           + "\n  ".join(tail))
     if not keep_checkpoints:
         shutil.rmtree(cell.folder / "checkpoints", ignore_errors=True)
+        for path in cell.folder.glob("hpc_ckpt_*.ckpt"):
+            path.unlink()
     cell.done_file.write_text(json.dumps({"setting": cell.setting, "seed": cell.seed, "wall_s": round(seconds, 1),
                                           "steps": cell.config["trainer.max_steps"]}) + "\n", encoding="utf-8")
     return seconds

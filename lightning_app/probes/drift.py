@@ -11,7 +11,8 @@ from lightning_app.probes import tags
 
 class LayerDrift(Callback):
     """How far fine-tuning has moved each layer's weights: ``||theta - theta_0|| / ||theta_0||`` over
-    the layer's parameters, ``theta_0`` taken at the start of fit. Logged as ``drift/layer_NN``
+    the layer's parameters, ``theta_0`` taken at the start of training (and kept in checkpoints, so a
+    resumed fit measures from the same weights). Logged as ``drift/layer_NN``
     (layer 00: the embeddings); frozen layers stay exactly 0. Weights are the same on every rank,
     so rank 0 logs without any communication.
 
@@ -24,11 +25,23 @@ class LayerDrift(Callback):
             raise ConfigError(f"LayerDrift.every_n_steps: expected >= 1 or null, got {every_n_steps}")
         self.every_n_steps = every_n_steps
         self.initial: list[list[torch.Tensor]] = []
+        self.restored = False
         self.logged_step = -1
 
+    def state_dict(self) -> dict:
+        """``theta_0`` travels in the checkpoint: a resumed run still measures from the start of training."""
+        return {"initial": self.initial}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.initial = state_dict["initial"]
+        self.restored = True
+
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.initial = [[p.detach().clone() for p in group] for group in pl_module.encoder.layer_parameters()]
-        self._log(trainer, pl_module)
+        if not self.restored:  # a fit from scratch: this is theta_0
+            self.initial = [[p.detach().clone() for p in group] for group in pl_module.encoder.layer_parameters()]
+        self.restored = False
+        if trainer.global_step % (self.every_n_steps or trainer.log_every_n_steps) == 0:
+            self._log(trainer, pl_module)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
         every = self.every_n_steps or trainer.log_every_n_steps
@@ -40,7 +53,7 @@ class LayerDrift(Callback):
         """Relative change of every layer since the start of fit, embeddings first."""
         values = []
         for group, initial in zip(pl_module.encoder.layer_parameters(), self.initial):
-            moved = sum((p.detach().float() - p0.float()).pow(2).sum() for p, p0 in zip(group, initial))
+            moved = sum((p.detach().float() - p0.to(p.device).float()).pow(2).sum() for p, p0 in zip(group, initial))
             size = sum(p0.float().pow(2).sum() for p0 in initial)
             values.append((moved.sqrt() / size.sqrt()).item())
         return values
