@@ -25,7 +25,7 @@ SETTINGS = ("model", "revision", "pooling", "layer", "normalize", "max_length", 
             "text_field", "label_field", "subset", "split", "sample_by", "max_documents", "shard_size")
 
 
-def _check_options(batch_size, shard_size, max_documents, max_length, map, html_points) -> None:
+def _check_options(batch_size, shard_size, max_documents, max_length, map, html_points, map_threads) -> None:
     for name, value, least in (("batch_size", batch_size, 1), ("shard_size", shard_size, 1),
                                ("html_points", html_points, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
@@ -34,6 +34,8 @@ def _check_options(batch_size, shard_size, max_documents, max_length, map, html_
         raise ConfigError(f"max_documents: expected an integer >= 1 or nothing for all, got {max_documents!r}")
     if not isinstance(max_length, int) or max_length < 3:
         raise ConfigError(f"max_length: expected an integer >= 3, got {max_length!r}")
+    if isinstance(map_threads, bool) or not isinstance(map_threads, int) or not (map_threads == -1 or map_threads >= 1):
+        raise ConfigError(f"map_threads: expected -1 (every core) or an integer >= 1, got {map_threads!r}")
     if map is not None and map not in MAPS:
         raise ConfigError(f"map: expected one of {', '.join(MAPS)}, got {map!r}")
     if map == "umap":
@@ -95,7 +97,7 @@ def embed_command(*, model: str, corpus: str, output: str, text_field: str = "te
                   max_length: int = DEFAULT_MAX_SEQ_LENGTH, batch_size: int = 32, shard_size: int = 10_000,
                   max_documents: int | None = None, accelerator: str = "auto", devices: int | str = "auto",
                   num_nodes: int = 1, strategy: str = "auto", precision: str = "auto",
-                  map: str | None = None, html_points: int = 100_000, seed: int = 42,
+                  map: str | None = None, map_threads: int = 1, html_points: int = 100_000, seed: int = 42,
                   trust_remote_code: bool = False) -> None:
     """Embed every document of a corpus into Parquet shards, with meta.json, and optionally draw a 2D map.
 
@@ -134,13 +136,15 @@ def embed_command(*, model: str, corpus: str, output: str, text_field: str = "te
         map: Also draw a 2D map: tsne (openTSNE, PCA initialisation) or umap (needs umap-learn),
             written to OUTPUT/map.parquet, map.png and map.html, with kNN accuracy (k=10) of the
             labels in 2D and in the full space in meta.json.
+        map_threads: Threads of the map's layout; -1 for every core (faster for large maps on an
+            idle machine; on a shared one a single thread often is).
         html_points: At most this many points (a seeded random sample) in map.html; 0 writes no HTML.
         seed: Seed of the map's layout and of the HTML sample.
         trust_remote_code: Run model code shipped with a hub model (off unless asked for).
     """
     args = dict(locals())
     out = Path(output)
-    _check_options(batch_size, shard_size, max_documents, max_length, map, html_points)
+    _check_options(batch_size, shard_size, max_documents, max_length, map, html_points, map_threads)
     _check_output(out)
     corpus_args = dict(source=corpus, text_field=text_field, label_field=label_field, subset=subset,
                        split=split, sample_by=sample_by, trust_remote_code=trust_remote_code)
@@ -189,6 +193,6 @@ def embed_command(*, model: str, corpus: str, output: str, text_field: str = "te
           f"(dimension {settings['dimension']}, revision {settings['revision']})")
     if map:
         from lightning_app.embed.maps import draw_map
-        meta["map"] = draw_map(out, map, corpus_args, max_documents, seed, html_points)
+        meta["map"] = draw_map(out, map, corpus_args, max_documents, seed, html_points, map_threads)
         write_meta(out, meta)
 

@@ -43,13 +43,16 @@ def read_embeddings(output: str | Path) -> tuple[np.ndarray, list | None, np.nda
     return table["row"].to_numpy(), labels, embeddings.astype(np.float32, copy=False)
 
 
-def layout(embeddings: np.ndarray, method: str = "tsne", seed: int = 42) -> np.ndarray:
-    """(N, 2) coordinates: openTSNE with PCA initialisation, or UMAP; seeded."""
+def layout(embeddings: np.ndarray, method: str = "tsne", seed: int = 42, threads: int = 1) -> np.ndarray:
+    """(N, 2) coordinates: openTSNE with PCA initialisation, or UMAP; seeded. ``threads`` -1 uses
+    every core (worth it for large maps on an idle machine; on a busy one a single thread is faster)."""
+    threads = (os.cpu_count() or 1) if threads == -1 else threads
     if method == "umap":
-        return np.asarray(require_umap().UMAP(random_state=seed).fit_transform(embeddings), dtype=np.float32)
+        return np.asarray(require_umap().UMAP(random_state=seed, n_jobs=threads).fit_transform(embeddings),
+                          dtype=np.float32)
     from openTSNE import TSNE
-    return np.asarray(TSNE(initialization="pca", random_state=seed, n_jobs=os.cpu_count() or 1)
-                      .fit(embeddings), dtype=np.float32)
+    return np.asarray(TSNE(initialization="pca", random_state=seed, n_jobs=threads).fit(embeddings),
+                      dtype=np.float32)
 
 
 def knn_accuracy(points: np.ndarray, labels: list, k: int = KNN_K, seed: int = 42, test_fraction: float = 0.1) -> float:
@@ -120,19 +123,19 @@ def snippets(corpus_args: dict, rows: np.ndarray, max_documents: int | None) -> 
 
 
 def draw_map(output: str | Path, method: str, corpus_args: dict, max_documents: int | None, seed: int,
-             html_points: int) -> dict:
+             html_points: int, threads: int = 1) -> dict:
     """map.parquet, map.png and map.html in ``output``; returns what meta.json records of the map."""
     from lightning_app.embed.html import write_html
     out = Path(output)
     rows, labels, embeddings = read_embeddings(out)
     start = time.monotonic()
-    xy = layout(embeddings, method, seed)
+    xy = layout(embeddings, method, seed, threads)
     seconds = time.monotonic() - start
     columns = {"row": pa.array(rows, pa.int64()), "x": pa.array(xy[:, 0]), "y": pa.array(xy[:, 1])}
     if labels is not None:
         columns["label"] = pa.array(labels, pa.string())
     pq.write_table(pa.table(columns), out / "map.parquet")
-    record = {"method": method, "seconds": round(seconds, 1), "points": len(rows), "knn_k": KNN_K}
+    record = {"method": method, "seconds": round(seconds, 1), "threads": threads, "points": len(rows), "knn_k": KNN_K}
     name = "t-SNE" if method == "tsne" else "UMAP"
     title = f"{corpus_args['source']}: {name} of {len(rows):,} embeddings"
     if labels is not None:

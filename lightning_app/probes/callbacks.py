@@ -71,13 +71,17 @@ class LayerProbe(Callback):
             folds: far less noisy than one 10% split on a corpus of a few thousand; 0 turns it off.
         at_start: probe at step 0 (the untrained baseline of the figure); off saves one probe
             when another run already measured the same starting weights.
+        tsne: at the end of fit, log t-SNE maps of the last layer's probe embeddings at step 0
+            and at the end side by side (``probe/<corpus>/tsne`` in TensorBoard's Images tab).
+        summary: at the end of fit, print and log (``probe/summary`` text) each corpus's last-layer
+            kNN accuracy at step 0, at the end and at its best step, and which weights were exported.
     """
 
     def __init__(self, corpora: list[ProbeCorpus] | None = None, k: int = 10, metric: str = "euclidean",
                  test_fraction: float = 0.1, seed: int = 42, max_length: int = 256, batch_size: int = 32,
                  linear_probe: bool = False, geometry_pairs: int = 128,
                  view: View | None = None, projector: bool = True, cv_folds: int = 0,
-                 at_start: bool = True) -> None:
+                 at_start: bool = True, tsne: bool = False, summary: bool = True) -> None:
         self.corpora = list(corpora) if corpora is not None else [ProbeCorpus()]
         if not self.corpora:
             raise ConfigError("LayerProbe.corpora: expected at least one probe corpus")
@@ -97,10 +101,13 @@ class LayerProbe(Callback):
         self.max_length, self.batch_size = max_length, batch_size
         self.linear_probe, self.geometry_pairs, self.projector = linear_probe, geometry_pairs, projector
         self.cv_folds, self.at_start = cv_folds, at_start
+        self.tsne, self.summary = tsne, summary
         self.view = view if view is not None else SentenceCrops()
         self.prepared: dict[str, _Prepared] = {}
         self.baseline: dict[str, torch.Tensor] = {}  # corpus -> per-layer kNN accuracy at the start of fit
         self.last_layer: dict[str, tuple[int, torch.Tensor]] = {}  # corpus -> (step, (N, H) on the CPU)
+        self.start_layer: dict[str, torch.Tensor] = {}  # corpus -> last layer's (N, H) at step 0, with tsne
+        self.history: dict[str, list[tuple[int, float]]] = {}  # corpus -> (step, last-layer kNN accuracy)
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         """Read, sample, check and tokenize every probe corpus before training starts."""
@@ -145,11 +152,18 @@ class LayerProbe(Callback):
             logger.log_metrics(metrics, step=trainer.global_step)
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if not self.projector:
+        if not (self.projector or self.tsne or self.summary):
             return
         if any(step != trainer.global_step for step, _ in self.last_layer.values()):
             self._probe(trainer, pl_module, baseline=False)  # every rank: the embedding is gathered
-        self._write_projector(trainer)
+        if self.projector:
+            self._write_projector(trainer)
+        if self.tsne or self.summary:
+            from lightning_app.probes.summary import log_summary, log_tsne_maps
+            if self.tsne:
+                log_tsne_maps(trainer, self)
+            if self.summary:
+                log_summary(trainer, self)
 
     def _probe(self, trainer: Trainer, pl_module: LightningModule, baseline: bool) -> dict[str, float]:
         """Embed and score every corpus in eval mode without gradients; restore the training mode."""
@@ -186,7 +200,10 @@ class LayerProbe(Callback):
             metrics.update(self._geometry(pl_module, name, prepared.crop_pairs))
         if baseline:
             self.baseline[name] = accuracies
+            if self.tsne:
+                self.start_layer[name] = layers[-1].float().cpu()
         self.last_layer[name] = (trainer.global_step, layers[-1].float().cpu())
+        self.history.setdefault(name, []).append((trainer.global_step, accuracies[-1].item()))
         self._log_figure(trainer, name, accuracies)
         return metrics
 

@@ -170,6 +170,8 @@ def test_bad_input_stops_with_one_line_before_any_work(tmp_path, tiny_model, ber
         "error: map: expected one of tsne, umap, got 'pca'")
     assert bad(capsys, tmp_path, f"--model={tiny_model}", *common, f"--output={out}", "--layer=7").startswith(
         "error: layer: expected an integer in 0..2")
+    assert bad(capsys, tmp_path, f"--model={tiny_model}", *common, f"--output={out}", "--map_threads=0") == (
+        "error: map_threads: expected -1 (every core) or an integer >= 1, got 0")
     assert not os.path.exists(out)  # nothing created by a refused run
     before = {f.name: f.stat().st_mtime_ns for f in shard_files(embedded)}
     message = bad(capsys, tmp_path, f"--model={bert_b}", *common, "--label_field=topic", f"--output={embedded}",
