@@ -4,7 +4,10 @@ against a 200 MB one, and the time of ``--map tsne`` on the 2,225 BBC articles.
 1. Throughput: the same texts (the first ``--documents`` BBC articles in a fixed order), the
    packaged MiniLM, the same max length, batch size and torch threads, in this process, repeated
    ``--repeats`` times alternately: documents/s of the whole ``lightning embed`` command (model
-   load, weight hash, streaming, Parquet) and of loading + ``SentenceTransformer.encode``.
+   load, weight hash, streaming, Parquet) and of loading + ``SentenceTransformer.encode``, after
+   one untimed warm-up of each (imports, first-call allocations). Also timed: ``lightning embed
+   --precision bf16-mixed`` (bf16 autocast on the CPU; not the default), with the smallest cosine
+   similarity of its embeddings to the float32 ones.
 2. Peak RSS: ``lightning embed`` of a generated 2 GB jsonl and a 200 MB one (numbered copies of
    the articles), each in its own process, both capped at ``--rss-documents`` rows (embedding
    2 GB on a 2-core CPU would take about a day): the cap measures the embedding path's own
@@ -25,6 +28,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.common import PeakRss, bbc_texts, emit  # noqa: E402
@@ -77,24 +82,48 @@ def main() -> None:
         corpus = os.path.join(folder, "texts.jsonl")
         with open(corpus, "w") as out:
             out.writelines(json.dumps({"text": t}) + "\n" for t in texts)
-        rates = {"embed": [], "encode": []}
-        for repeat in range(args.repeats if "throughput" not in skip else 0):
+        short = os.path.join(folder, "warmup.jsonl")
+        with open(short, "w") as out:
+            out.writelines(json.dumps({"text": t}) + "\n" for t in texts[:args.batch_size])
+        rates = {"embed": [], "encode": [], "embed_bf16": []}
+        settings = (f"--max_length={args.max_length}", f"--batch_size={args.batch_size}")
+
+        def run_embed(path: str, output: str, *extra: str) -> float:
             start = time.perf_counter()
-            embed(corpus, os.path.join(folder, f"out{repeat}"), f"--max_length={args.max_length}",
-                  f"--batch_size={args.batch_size}")
-            rates["embed"].append(len(texts) / (time.perf_counter() - start))
+            embed(path, output, *settings, *extra)
+            return time.perf_counter() - start
+
+        def run_encode(chosen: list[str]) -> float:
             start = time.perf_counter()
             model = SentenceTransformer(resolve_model(MODEL), device="cpu")
             model.max_seq_length = args.max_length
-            model.encode(texts, batch_size=args.batch_size)
-            rates["encode"].append(len(texts) / (time.perf_counter() - start))
+            model.encode(chosen, batch_size=args.batch_size)
+            return time.perf_counter() - start
+
+        if "throughput" not in skip:
+            run_embed(short, os.path.join(folder, "warmup"))
+            run_encode(texts[:args.batch_size])
+        for repeat in range(args.repeats if "throughput" not in skip else 0):
+            rates["embed"].append(len(texts) / run_embed(corpus, os.path.join(folder, f"out{repeat}")))
+            rates["encode"].append(len(texts) / run_encode(texts))
+            rates["embed_bf16"].append(len(texts) / run_embed(corpus, os.path.join(folder, f"bf16_{repeat}"),
+                                                              "--precision=bf16-mixed"))
             print(f"repeat {repeat}: lightning embed {rates['embed'][-1]:.2f} docs/s, SentenceTransformer.encode "
-                  f"{rates['encode'][-1]:.2f} docs/s (load average {os.getloadavg()[0]:.2f})", flush=True)
+                  f"{rates['encode'][-1]:.2f} docs/s, lightning embed bf16 {rates['embed_bf16'][-1]:.2f} docs/s "
+                  f"(load average {os.getloadavg()[0]:.2f})", flush=True)
         if rates["embed"]:
-            print(f"lightning embed: {spread(rates['embed'])} docs/s; encode: {spread(rates['encode'])} docs/s")
-            figures.update(embed_docs_per_s=round(statistics.median(rates["embed"]), 2),
-                           encode_docs_per_s=round(statistics.median(rates["encode"]), 2),
-                           ratio=round(statistics.median(rates["embed"]) / statistics.median(rates["encode"]), 3))
+            import pandas as pd
+            full = np.stack(pd.read_parquet(os.path.join(folder, "out0", "embeddings"))["embedding"].to_numpy())
+            half = np.stack(pd.read_parquet(os.path.join(folder, "bf16_0", "embeddings"))["embedding"].to_numpy())
+            cosine = (full * half).sum(1) / np.linalg.norm(full, axis=1) / np.linalg.norm(half, axis=1)
+            print(f"lightning embed: {spread(rates['embed'])} docs/s; encode: {spread(rates['encode'])} docs/s; "
+                  f"embed bf16: {spread(rates['embed_bf16'])} docs/s (smallest cosine to float32 {cosine.min():.6f})")
+            median = {k: statistics.median(v) for k, v in rates.items()}
+            figures.update(embed_docs_per_s=round(median["embed"], 2), encode_docs_per_s=round(median["encode"], 2),
+                           ratio=round(median["embed"] / median["encode"], 3),
+                           embed_bf16_docs_per_s=round(median["embed_bf16"], 2),
+                           ratio_bf16=round(median["embed_bf16"] / median["encode"], 3),
+                           bf16_min_cosine=round(float(cosine.min()), 6))
 
         if "rss" not in skip:
             peaks = {}
