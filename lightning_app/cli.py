@@ -1,4 +1,4 @@
-"""The ``lightning`` command: LightningCLI for fit/validate/test, plus ``export``, ``mteb`` and ``reproduce``."""
+"""The ``lightning`` command: LightningCLI for fit/validate/test, plus ``export``, ``mteb``, ``reproduce`` and ``embed``."""
 
 from __future__ import annotations
 
@@ -33,7 +33,8 @@ DESCRIPTION = """Self-supervised fine-tuning of text embedding models (crops, to
 Start with:  lightning fit --config configs/crop.yaml
 Other commands:  lightning export --help   (checkpoint -> HF / sentence-transformers folder)
                  lightning mteb --help     (evaluate a checkpoint, folder or hub model on MTEB)
-                 lightning reproduce --help  (the paper's comparison on a labelled corpus, with a report)"""
+                 lightning reproduce --help  (the paper's comparison on a labelled corpus, with a report)
+                 lightning embed --help    (embed a corpus into Parquet shards, optionally with a 2D map)"""
 
 
 class ContrastiveCLI(LightningCLI):
@@ -88,7 +89,12 @@ def _reproduce(args: list[str]) -> None:
         raise ConfigError(" ".join(line.strip() for line in str(error).splitlines() if line.strip())) from None
 
 
-COMMANDS = {"export": _export, "mteb": _mteb, "reproduce": _reproduce}
+def _embed(args: list[str]) -> None:
+    from lightning_app.embed.command import embed_command
+    CLI(embed_command, args=args, prog="lightning embed")
+
+
+COMMANDS = {"export": _export, "mteb": _mteb, "reproduce": _reproduce, "embed": _embed}
 
 
 def main(args: list[str] | None = None) -> None:

@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Literal
 
 import torch
 from lightning import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_app.errors import ConfigError
 from lightning_app.model.encoder import Encoder
@@ -101,18 +103,47 @@ class ExportEncoder(Callback):
     Args:
         dirpath: where to write; default: the run's log directory + ``/export``.
         max_seq_length: the sentence-transformers folder's maximum sequence length.
+        which: ``last``: the weights at the end of fit; ``best``: the best checkpoint of the first
+            ``ModelCheckpoint`` with a ``monitor`` (e.g. ``probe/bbcnews/knn_acc``), the last
+            weights when it saved none.
     """
 
-    def __init__(self, dirpath: str | None = None, max_seq_length: int = 512) -> None:
+    def __init__(self, dirpath: str | None = None, max_seq_length: int = 512,
+                 which: Literal["last", "best"] = "last") -> None:
+        if which not in ("last", "best"):
+            raise ConfigError(f"export.which: expected 'last' or 'best', got {which!r}")
         self.dirpath = dirpath
         self.max_seq_length = max_seq_length
+        self.which = which
+
+    @staticmethod
+    def _monitoring(trainer: Trainer) -> ModelCheckpoint | None:
+        return next((c for c in trainer.checkpoint_callbacks if getattr(c, "monitor", None)), None)
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self.which == "best" and stage == "fit" and self._monitoring(trainer) is None:
+            raise ConfigError("export.which: 'best' needs a ModelCheckpoint with a monitor "
+                              "(e.g. monitor: probe/bbcnews/knn_acc, mode: max)")
+
+    def chosen(self, trainer: Trainer) -> tuple[str | None, str]:
+        """(checkpoint to export or None for the live weights, a line saying which)."""
+        last = f"the last weights (step {trainer.global_step})"
+        if self.which == "last":
+            return None, last
+        checkpoint = self._monitoring(trainer)
+        path = checkpoint.best_model_path if checkpoint else ""
+        if not path or not os.path.exists(path):
+            return None, f"{last}: no best checkpoint was saved for {checkpoint.monitor if checkpoint else '-'}"
+        return path, f"the best checkpoint by {checkpoint.monitor} ({float(checkpoint.best_model_score):.4f}): {path}"
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # Every rank asks for log_dir: under DDP it is a broadcast from rank 0.
         target = self.dirpath or os.path.join(trainer.log_dir or trainer.default_root_dir, "export")
         if trainer.is_global_zero:
-            export_encoder(pl_module.encoder, pl_module.tokenizer, target, self.max_seq_length)
-            print(f"exported the encoder to {target}")
+            path, description = self.chosen(trainer)
+            encoder = encoder_from_checkpoint(path)[0] if path else pl_module.encoder
+            export_encoder(encoder, pl_module.tokenizer, target, self.max_seq_length)
+            print(f"exported {description} to {target}")
 
 
 def export_command(ckpt_path: str, output: str, max_seq_length: int = 512) -> None:

@@ -50,11 +50,14 @@ def add_accuracy_figure(trainer: Trainer, name: str, accuracies: torch.Tensor, b
                              dataformats="HWC")
 
 
-def add_projector(trainer: Trainer, name: str, step: int, embeddings: torch.Tensor, labels: list[str],
-                  texts: list[str]) -> None:
-    """Embeddings with their label and opening words in TensorBoard's projector, as ``probe/<name>``."""
-    rows = [[" ".join(label.split()), " ".join(text[:80].split())] for label, text in zip(labels, texts)]
-    for writer in writers(trainer):
-        writer.add_embedding(embeddings, metadata=rows, metadata_header=["label", "text"], tag=f"probe/{name}",
-                             global_step=step)
-        writer.flush()
+def add_projectors(trainer: Trainer, embeddings: dict[str, tuple[int, torch.Tensor]], corpora: dict) -> None:
+    """Each corpus's (step, embeddings) with its labels and opening words in TensorBoard's projector,
+    as ``probe/<name>``; ``corpora`` maps a name to its ``LabelledTexts``."""
+    for name, (step, values) in embeddings.items():
+        corpus = corpora[name]
+        rows = [[" ".join(corpus.classes[label].split()), " ".join(text[:80].split())]
+                for label, text in zip(corpus.labels.tolist(), corpus.texts)]
+        for writer in writers(trainer):
+            writer.add_embedding(values, metadata=rows, metadata_header=["label", "text"], tag=f"probe/{name}",
+                                 global_step=step)
+            writer.flush()

@@ -12,7 +12,7 @@ from lightning_app.data.collate import PairCollator
 from lightning_app.data.pairs import document_pairs, token_ids
 from lightning_app.data.views import SentenceCrops, View
 from lightning_app.errors import ConfigError
-from lightning_app.probes import board, tags
+from lightning_app.probes import board, summary, tags
 from lightning_app.probes.corpus import LabelledTexts, ProbeCorpus, load_probe_corpus
 from lightning_app.probes.embed import embed_layers
 from lightning_app.probes.geometry import alignment, uniformity
@@ -27,6 +27,23 @@ class _Prepared:
     corpus: LabelledTexts
     token_ids: list[list[int]]
     crop_pairs: dict[str, torch.Tensor] | None
+
+
+def check_options(corpora: list[ProbeCorpus], k: int, metric: str, test_fraction: float, max_length: int,
+                  batch_size: int, geometry_pairs: int, cv_folds: int) -> None:
+    """LayerProbe's options, each wrong one as one line naming it."""
+    names = [spec.name for spec in corpora]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"probe.corpora: names must differ (they become tags), got {names}")
+    if metric not in METRICS:
+        raise ConfigError(f"LayerProbe.metric: expected one of {METRICS}, got {metric!r}")
+    if k < 1 or max_length < 3 or batch_size < 1 or geometry_pairs < 0:
+        raise ConfigError(f"LayerProbe: expected k >= 1, max_length >= 3, batch_size >= 1 and "
+                          f"geometry_pairs >= 0, got {k}, {max_length}, {batch_size}, {geometry_pairs}")
+    if cv_folds == 1 or cv_folds < 0:
+        raise ConfigError(f"LayerProbe.cv_folds: expected 0 (off) or at least 2 folds, got {cv_folds}")
+    if not 0 < test_fraction < 1:
+        raise ConfigError(f"LayerProbe.test_fraction: expected 0 < test_fraction < 1, got {test_fraction}")
 
 
 def log_at_step(trainer: Trainer, metrics: dict[str, float]) -> None:
@@ -76,33 +93,30 @@ class LayerProbe(Callback):
         cv_folds: also score every layer by stratified ``cv_folds``-fold cross-validated kNN accuracy
             (``probe/<corpus>/knn_cv_acc``), far less noisy than one 10% split; 0 turns it off.
         at_start: probe at step 0 (the untrained baseline of the figure).
+        tsne: at the end of fit, t-SNE maps of the last layer at step 0 and at the end, side by side
+            (``probe/<corpus>/tsne`` in TensorBoard's Images tab).
+        summary: at the end of fit, print and log (``probe/summary`` text) each corpus's last-layer
+            kNN accuracy at step 0, at the end and at its best step, and which weights were exported.
     """
 
     def __init__(self, corpora: list[ProbeCorpus] | None = None, k: int = 10, metric: str = "euclidean",
                  test_fraction: float = 0.1, seed: int = 42, max_length: int = 256, batch_size: int = 32,
                  linear_probe: bool = False, geometry_pairs: int = 128, view: View | None = None,
-                 projector: bool = True, cv_folds: int = 0, at_start: bool = True) -> None:
+                 projector: bool = True, cv_folds: int = 0, at_start: bool = True, tsne: bool = False,
+                 summary: bool = True) -> None:
         self.corpora = list(corpora) if corpora is not None else [ProbeCorpus()]
-        names = [spec.name for spec in self.corpora]
-        if len(set(names)) != len(names):
-            raise ConfigError(f"probe.corpora: names must differ (they become tags), got {names}")
-        if metric not in METRICS:
-            raise ConfigError(f"LayerProbe.metric: expected one of {METRICS}, got {metric!r}")
-        if k < 1 or max_length < 3 or batch_size < 1 or geometry_pairs < 0:
-            raise ConfigError(f"LayerProbe: expected k >= 1, max_length >= 3, batch_size >= 1 and "
-                              f"geometry_pairs >= 0, got {k}, {max_length}, {batch_size}, {geometry_pairs}")
-        if cv_folds == 1 or cv_folds < 0:
-            raise ConfigError(f"LayerProbe.cv_folds: expected 0 (off) or at least 2 folds, got {cv_folds}")
-        if not 0 < test_fraction < 1:
-            raise ConfigError(f"LayerProbe.test_fraction: expected 0 < test_fraction < 1, got {test_fraction}")
+        check_options(self.corpora, k, metric, test_fraction, max_length, batch_size, geometry_pairs, cv_folds)
         self.scoring = {"k": k, "test_fraction": test_fraction, "seed": seed, "metric": metric,
                         "cv_folds": cv_folds, "linear": linear_probe}
         self.k, self.seed, self.max_length, self.batch_size = k, seed, max_length, batch_size
         self.geometry_pairs, self.projector, self.at_start = geometry_pairs, projector, at_start
+        self.tsne, self.summary = tsne, summary
         self.view = view if view is not None else SentenceCrops()
         self.prepared: dict[str, _Prepared] = {}
         self.baseline: dict[str, torch.Tensor] = {}  # corpus -> per-layer kNN accuracy at the start of fit
         self.last_layer: dict[str, tuple[int, torch.Tensor]] = {}  # corpus -> (step, (N, H) on the CPU)
+        self.start_layer: dict[str, torch.Tensor] = {}  # corpus -> last layer's (N, H) at step 0, with tsne
+        self.history: dict[str, list[tuple[int, float]]] = {}  # corpus -> (step, last-layer kNN accuracy)
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         """Read, sample, check and tokenize every probe corpus before training starts."""
@@ -129,15 +143,17 @@ class LayerProbe(Callback):
         log_at_step(trainer, metrics)
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """The last layer's embeddings of the final weights, with labels and texts, in the projector."""
-        if not self.projector:
+        """Probe the final weights if not done yet; then the projector, the t-SNE maps and the summary."""
+        if not (self.projector or self.tsne or self.summary):
             return
         if any(step != trainer.global_step for step, _ in self.last_layer.values()):
             self._probe(trainer, pl_module, baseline=False)  # every rank: the embedding is gathered
-        for name, (step, embeddings) in self.last_layer.items() if trainer.is_global_zero else ():
-            corpus = self.prepared[name].corpus
-            labels = [corpus.classes[label] for label in corpus.labels.tolist()]
-            board.add_projector(trainer, name, step, embeddings, labels, corpus.texts)
+        if self.projector and trainer.is_global_zero:
+            board.add_projectors(trainer, self.last_layer, {name: p.corpus for name, p in self.prepared.items()})
+        if self.tsne:
+            summary.log_tsne_maps(trainer, self)
+        if self.summary:
+            summary.log_summary(trainer, self)
 
     def _probe(self, trainer: Trainer, pl_module: LightningModule, baseline: bool) -> dict[str, float]:
         """Embed and score every corpus in eval mode without gradients; restore the training mode."""
@@ -167,7 +183,10 @@ class LayerProbe(Callback):
             metrics[tags.probe_tag(name, "uniformity")] = (uniformity(first) + uniformity(second)) / 2
         if baseline:
             self.baseline[name] = scores[tags.KNN]
+            if self.tsne:
+                self.start_layer[name] = layers[-1].float().cpu()
         self.last_layer[name] = (trainer.global_step, layers[-1].float().cpu())
+        self.history.setdefault(name, []).append((trainer.global_step, scores[tags.KNN][-1].item()))
         if trainer.is_global_zero:
             board.add_accuracy_figure(trainer, name, scores[tags.KNN], self.baseline.get(name), self.k)
         return metrics

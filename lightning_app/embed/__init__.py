@@ -1,0 +1,1 @@
+"""``lightning embed``: a corpus -> Parquet shards of embeddings through ``Trainer.predict``, and its 2D map."""

@@ -1,0 +1,108 @@
+"""The end of fit, in a few lines: did training help on each probe corpus, and what was exported.
+
+Self-supervised fine-tuning does not always help: from a model that is already a good sentence
+encoder, some corpora end below the untrained model on the probes. The summary says so plainly,
+next to the best step, before anyone uses the model. With ``LayerProbe(tsne=True)`` the step-0 and
+final last-layer embeddings are also drawn as t-SNE maps side by side.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from lightning import Trainer
+from lightning.pytorch.utilities import rank_zero_only
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from lightning_app.probes import board
+
+
+@dataclass
+class CorpusSummary:
+    """Last-layer kNN accuracy of one probe corpus: (step, accuracy) at step 0 (None when not
+    probed), at the end and at the best step (the earliest of equal bests)."""
+
+    name: str
+    start: tuple[int, float] | None
+    end: tuple[int, float]
+    best: tuple[int, float]
+
+    @property
+    def worse(self) -> bool:
+        return self.start is not None and self.end[1] < self.start[1]
+
+
+def summarize(history: dict[str, list[tuple[int, float]]]) -> list[CorpusSummary]:
+    """One summary per corpus from its (step, accuracy) probes in the order they ran."""
+    out = []
+    for name, probes in history.items():
+        start = next(((s, a) for s, a in probes if s == 0), None)
+        best = max(probes, key=lambda p: (p[1], -p[0]))
+        out.append(CorpusSummary(name, start, probes[-1], best))
+    return out
+
+
+def summary_lines(summaries: list[CorpusSummary], k: int, exported: str | None) -> list[str]:
+    """The printed and logged text: one line per corpus, a plain warning where training hurt."""
+    lines = [f"probe summary: last-layer {k}-NN accuracy at step 0, at the end, and at the best step"]
+    for s in summaries:
+        start = f"step 0 {s.start[1]:.4f}" if s.start else "step 0 not probed"
+        change = f" ({s.end[1] - s.start[1]:+.4f})" if s.start else ""
+        lines.append(f"  {s.name}: {start} -> step {s.end[0]} {s.end[1]:.4f}{change}; "
+                     f"best {s.best[1]:.4f} at step {s.best[0]}")
+        if s.worse:
+            lines.append(f"  {s.name}: training made it worse: the end ({s.end[1]:.4f}) is below step 0 "
+                         f"({s.start[1]:.4f}); the untrained model or the best checkpoint may serve this corpus better.")
+    if exported:
+        lines.append(f"  exported: {exported}")
+    return lines
+
+
+@rank_zero_only
+def log_summary(trainer: Trainer, probe) -> list[str]:
+    """Print the summary and add it to TensorBoard as text (``probe/summary``)."""
+    from lightning_app.export import ExportEncoder
+    exporter = next((c for c in trainer.callbacks if isinstance(c, ExportEncoder)), None)
+    lines = summary_lines(summarize(probe.history), probe.k, exporter.chosen(trainer)[1] if exporter else None)
+    print("\n".join(lines), flush=True)
+    for writer in board.writers(trainer):
+        writer.add_text("probe/summary", "\n".join(f"    {line}" for line in lines), trainer.global_step)
+        writer.flush()
+    return lines
+
+
+def tsne_pair_figure(name: str, start: np.ndarray, end: np.ndarray, labels: list[str], end_step: int,
+                     seed: int = 42) -> np.ndarray:
+    """An (H, W, 3) uint8 image: t-SNE of the step-0 and final embeddings, side by side, coloured by label."""
+    from lightning_app.embed.maps import layout, palette
+    codes, classes, colors = palette(labels)
+    figure = Figure(figsize=(9, 4.6), dpi=100)
+    size = float(np.clip(8000 / max(len(labels), 1), 0.2, 8))
+    for column, (embeddings, title) in enumerate(((start, "step 0"), (end, f"step {end_step}"))):
+        axes = figure.add_subplot(1, 2, column + 1)
+        xy = layout(embeddings, "tsne", seed)
+        for code, (cls, color) in enumerate(zip(classes, colors)):
+            mask = codes == code
+            axes.scatter(xy[mask, 0], xy[mask, 1], s=size, c=color, linewidths=0, label=cls, rasterized=True)
+        axes.set_xticks([]), axes.set_yticks([])
+        axes.set_title(f"{name}: {title}", fontsize=10)
+    figure.axes[-1].legend(loc="best", fontsize=7, markerscale=2)
+    figure.tight_layout()
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+@rank_zero_only
+def log_tsne_maps(trainer: Trainer, probe) -> None:
+    """``probe/<corpus>/tsne``: the step-0 and final maps of every probed corpus, at the final step."""
+    for name, start in probe.start_layer.items():
+        step, end = probe.last_layer[name]
+        corpus = probe.prepared[name].corpus
+        labels = [corpus.classes[i] for i in corpus.labels.tolist()]
+        image = tsne_pair_figure(name, start.numpy(), end.numpy(), labels, step, probe.seed)
+        for writer in board.writers(trainer):
+            writer.add_image(f"probe/{name}/tsne", image, step, dataformats="HWC")
+            writer.flush()
