@@ -57,9 +57,7 @@ def _check_output(output: Path) -> None:
 def _load_model(model: str, trust_remote_code: bool):
     try:
         return load_encoder(model, trust_remote_code=trust_remote_code)
-    except ConfigError as error:
-        raise ConfigError(f"model: {error}") from None
-    except Exception as error:  # unknown hub id offline, folder without a model, ...
+    except Exception as error:  # unknown hub id offline, folder without a model, unreadable checkpoint, ...
         reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
         raise ConfigError(f"model: cannot load '{model}' ({reason}); expected a .ckpt written by lightning "
                           "fit, an exported or sentence-transformers folder, a hub id, or packaged:minilm") from None

@@ -132,10 +132,10 @@ class Cell:
 
 
 def probe_steps(steps: int, probe_every: int | None) -> int:
-    """The validation (probe) interval: ``probe_every``, or a quarter of the run."""
+    """The validation (probe) interval: ``probe_every``, or a quarter of the run; at most the run."""
     if probe_every is not None and probe_every < 1:
         raise ConfigError(f"budget.probe_every: expected >= 1 step or null, got {probe_every}")
-    return probe_every or max(1, math.ceil(steps / 4))
+    return min(probe_every or max(1, math.ceil(steps / 4)), steps)  # at least one probe, at the end
 
 
 def _set(config: dict, **values) -> None:
