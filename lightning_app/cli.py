@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import re
 import sys
 
-from jsonargparse import CLI
+from jsonargparse import CLI, ArgumentError
 from lightning import Trainer
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
+from lightning_app.checks import check_fit, constructor_error, set_up_early
 from lightning_app.data.datamodule import ContrastiveDataModule
 from lightning_app.errors import ConfigError
 from lightning_app.export import read_checkpoint
 from lightning_app.model.module import ContrastiveModule
-from lightning_app.preemption import AtomicCheckpointIO, ContinueLogs, StepBoundaryRequeue
+from lightning_app.preemption import AtomicCheckpointIO, ContinueLogs, LastIsNewest, StepBoundaryRequeue
 
 # ``--ckpt_path`` values Lightning resolves itself (the newest last/hpc/best checkpoint).
 SPECIAL_CKPT_PATHS = {"last", "hpc", "best"}
@@ -31,6 +34,10 @@ class ContrastiveCLI(LightningCLI):
     trainer survives preemption (atomic checkpoints, requeue at a step boundary, continuous
     logs; see ``lightning_app.preemption``)."""
 
+    def init_parser(self, **kwargs):
+        """Parse errors raise (``main`` prints them as one line) instead of printing the usage."""
+        return super().init_parser(exit_on_error=False, **kwargs)
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("model.model", "data.tokenizer")
         parser.link_arguments("model.trust_remote_code", "data.trust_remote_code")
@@ -39,8 +46,24 @@ class ContrastiveCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
-        trainer.callbacks.extend([StepBoundaryRequeue(), ContinueLogs()])
+        trainer.callbacks.extend([StepBoundaryRequeue(), ContinueLogs(), LastIsNewest()])
         return trainer
+
+    def instantiate_classes(self) -> None:
+        """A constructor's ValueError/TypeError (a view's, the loss', a callback's) becomes one line
+        naming the option that configured the object."""
+        try:
+            super().instantiate_classes()
+        except ConfigError:
+            raise
+        except (ValueError, TypeError, MisconfigurationException) as error:
+            roots = {ContrastiveModule: "model", ContrastiveDataModule: "data", Trainer: "trainer"}
+            raise constructor_error(error, self.config[self.subcommand], roots) from None
+
+    def before_fit(self) -> None:
+        """Token lengths, the contrastive batch and the corpora, checked before anything is written."""
+        check_fit(self.trainer, self.model, self.datamodule)
+        set_up_early(self.trainer, self.model, self.datamodule)
 
     def parse_arguments(self, parser, args) -> None:
         """Also checks ``--ckpt_path`` before anything reads it: one clear line if it is not a
@@ -57,17 +80,17 @@ class ContrastiveCLI(LightningCLI):
 
 def _export(args: list[str]) -> None:
     from lightning_app.export import export_command
-    CLI(export_command, args=args, prog="lightning export")
+    CLI(export_command, args=args, prog="lightning export", exit_on_error=False)
 
 
 def _mteb(args: list[str]) -> None:
     from lightning_app.evaluate.command import mteb_command
-    CLI(mteb_command, args=args, prog="lightning mteb")
+    CLI(mteb_command, args=args, prog="lightning mteb", exit_on_error=False)
 
 
 def _reproduce(args: list[str]) -> None:
     from lightning_app.experiments.command import reproduce_command
-    CLI(reproduce_command, args=args, prog="lightning reproduce")
+    CLI(reproduce_command, args=args, prog="lightning reproduce", exit_on_error=False)
 
 
 COMMANDS = {"export": _export, "mteb": _mteb, "reproduce": _reproduce}
@@ -83,8 +106,22 @@ def main(args: list[str] | None = None) -> None:
                            save_config_kwargs={"overwrite": True},
                            parser_kwargs={"description": DESCRIPTION})
     except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {one_line(str(error))}", file=sys.stderr)
         raise SystemExit(2) from None
+    except ArgumentError as error:  # jsonargparse's parse errors: unknown option, wrong type, ...
+        message = re.sub(r'^Parser key "([^"]+)":', r"\1:", one_line(str(error)))
+        print(f"error: {message} (see lightning {argv[0] if argv and not argv[0].startswith('-') else ''} --help)"
+              .replace("  ", " "), file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def one_line(message: str) -> str:
+    """A message on one line; a ConfigError raised in a dataloader worker arrives wrapped in the
+    worker's traceback, whose last line holds the original message."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    if lines and lines[0].startswith("Caught ") and "Original Traceback" in message:
+        return re.sub(r"^[\w.]+Error: ", "", lines[-1])
+    return " ".join(lines)
 
 
 if __name__ == "__main__":

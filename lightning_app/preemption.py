@@ -13,6 +13,7 @@ import tempfile
 
 import torch
 from lightning import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -103,3 +104,46 @@ class ContinueLogs(Callback):
             if isinstance(logger, TensorBoardLogger):
                 restart = Event(step=trainer.global_step, session_log=SessionLog(status=SessionLog.START))
                 logger.experiment.file_writer.add_event(restart)
+
+
+class LastIsNewest(Callback):
+    """Keeps ``last.ckpt`` on the newest state of the run, for every ``ModelCheckpoint`` that saves
+    every N steps with ``save_last`` (and no monitor):
+
+    - at the end of training, and at the step during which SIGTERM arrived, the state is saved
+      (``step<N>.ckpt`` and ``last.ckpt``) when the step is not a multiple of N;
+    - a resumed run writing into the same folder points its ``last.ckpt`` at its own newest state
+      (Lightning would write ``last-v1.ckpt`` beside the interrupted run's ``last.ckpt``).
+
+    The saves run where ModelCheckpoint's own step saves run (the end of a training step), so a
+    run resumed from any of them ends with the uninterrupted run's weights.
+    """
+
+    @staticmethod
+    def _periodic(trainer: Trainer) -> list[ModelCheckpoint]:
+        return [cb for cb in trainer.checkpoint_callbacks
+                if isinstance(cb, ModelCheckpoint) and cb.save_last and cb.monitor is None]
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.ckpt_path is None:
+            return
+        for callback in self._periodic(trainer):
+            last = callback.format_checkpoint_name(callback._monitor_candidates(trainer), callback.CHECKPOINT_NAME_LAST)
+            if os.path.lexists(last) and callback.last_model_path != last:
+                callback.last_model_path = last  # replaced by the next save, not versioned beside it
+
+    def _save(self, trainer: Trainer) -> None:
+        for callback in self._periodic(trainer):
+            if callback._should_skip_saving_checkpoint(trainer):
+                continue  # already saved at this step (or fast_dev_run)
+            candidates = callback._monitor_candidates(trainer)
+            callback._save_topk_checkpoint(trainer, candidates)
+            callback._save_last_checkpoint(trainer, candidates)
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
+        # Lightning raises SIGTERMException right after this step's hooks, without a checkpoint.
+        if trainer.received_sigterm:
+            self._save(trainer)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._save(trainer)

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from lightning_app.data.bucketing import regroup_by_length
+from lightning_app.data.guard import GuardedDocuments
 from lightning_app.data.sources import open_corpus
 from lightning_app.data.views import SentenceCrops, View
 from lightning_app.errors import ConfigError
@@ -249,14 +250,15 @@ class ContrastiveDataModule(LightningDataModule):
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         fraction = hp.val_fraction
         train = documents.filter(lambda doc: not held_out(doc["text"] or "", fraction))
-        train = split_dataset_by_node(train, rank=rank, world_size=world)
+        train = GuardedDocuments(split_dataset_by_node(train, rank=rank, world_size=world), hp.source)
         self.train_pairs = PairStream(train, self.view, self.tokenizer, hp.seed, hp.shuffle_buffer,
                                       hp.batch_size, hp.length_buckets)
         if fraction > 0 and hp.val_documents > 0:
             # Every rank reads the same held-out pairs; Lightning's DistributedSampler gives each
             # rank as many, so the gathered negatives of validation steps line up across ranks.
             val = documents.filter(lambda doc: held_out(doc["text"] or "", fraction)).take(hp.val_documents)
-            self.val_pairs = document_pairs(val, self.view, partial(token_ids, self.tokenizer), hp.seed)
+            self.val_pairs = document_pairs(GuardedDocuments(val, hp.source), self.view,
+                                            partial(token_ids, self.tokenizer), hp.seed)
 
     def _check_pairs(self, documents) -> None:
         """Fail before training when the first documents give no pair (wrong view or corpus)."""

@@ -12,14 +12,13 @@ from pathlib import Path
 
 import torch
 import yaml
-from transformers import AutoConfig
 
+from lightning_app.checks import check_length, config_position_limit, read_model_config
 from lightning_app.data.sources import open_corpus
 from lightning_app.errors import ConfigError
 from lightning_app.experiments.grid import ALL_SETTINGS, UNTRAINED, Budget, Cell, Hardware, plan, run_cell
 from lightning_app.experiments.logs import read_mteb
 from lightning_app.experiments.report import collect, write_report
-from lightning_app.packaged import resolve_model
 
 
 def corpus_name(corpus: str) -> str:
@@ -74,10 +73,7 @@ def _check_options(settings: list[str], seeds: list[int], mteb_seeds: int) -> No
 
 def model_config(model: str, config_overrides: dict | None):
     """The base model's config with the overrides applied (it tells the number of layers)."""
-    try:
-        config = AutoConfig.from_pretrained(resolve_model(model))
-    except OSError as error:
-        raise ConfigError(f"model: cannot read the config of '{model}': {str(error).splitlines()[0][:200]}") from None
+    config = read_model_config(model, "model")
     for field_name, value in (config_overrides or {}).items():
         if not hasattr(config, field_name):
             raise ConfigError(f"config_overrides: '{field_name}' is not a field of {type(config).__name__}")
@@ -133,6 +129,10 @@ def reproduce_command(*, corpus: str = "packaged:bbcnews", text_field: str = "te
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"output: expected a folder, but {folder} is a file")
     config = model_config(model, config_overrides)
+    limit = config_position_limit(config)
+    for option, value in (("budget.max_length", budget.max_length), ("budget.probe_max_length", budget.probe_max_length),
+                          ("mteb_max_seq_length", mteb_max_seq_length)):
+        check_length(option, value, limit, model)
     open_corpus(corpus, text_field, label_field)  # fails early, naming the field, when a column is missing
     steps = budget.steps if budget.steps is not None else epoch_steps(corpus, text_field, budget.batch_size)
     if steps < 1:

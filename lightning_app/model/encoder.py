@@ -6,8 +6,9 @@ from typing import Literal
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
+from transformers import AutoModel, AutoTokenizer, PreTrainedModel
 
+from lightning_app.checks import read_model_config
 from lightning_app.errors import ConfigError
 from lightning_app.packaged import resolve_model
 
@@ -63,7 +64,7 @@ class Encoder(nn.Module):
         if attn_implementation:
             kwargs["attn_implementation"] = attn_implementation
         path = resolve_model(model)
-        config = AutoConfig.from_pretrained(path, **kwargs)
+        config = read_model_config(model, "model.model", **kwargs)
         for field, value in (config_overrides or {}).items():
             if not hasattr(config, field):
                 raise ConfigError(f"model.config_overrides: '{field}' is not a field of {type(config).__name__}")

@@ -175,7 +175,7 @@ def test_plan_trains_the_last_layers_and_probes_step_zero_once_per_seed(tmp_path
     ("--budget.probe_every=0", "budget.probe_every: expected >= 1 step or null"),
     ("--budget.steps=0", "budget.steps: expected >= 1 or null (one epoch), got 0"),
     ("--mteb_seeds=-1", "mteb_seeds: expected >= 0, got -1"),
-    ("--model=/no/such/model", "model: cannot read the config of '/no/such/model'"),
+    ("--model=/no/such/model", "model: cannot load '/no/such/model' as a model"),
     ("--corpus=/no/such/corpus.jsonl", "data.source: file not found: '/no/such/corpus.jsonl'"),
 ])
 def test_bad_grid_options(tmp_path, tiny_model, capsys, option, message):
