@@ -4,6 +4,9 @@ step, and a run folder that was there before is left byte for byte as it was."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -168,3 +171,33 @@ def test_bad_input_is_one_line_exit_2_and_the_run_folder_is_untouched(case, inpu
     assert message in errors[0], errors[0]
     assert snapshot(runs) == before
     assert read_checkpoint(version / "checkpoints" / "last.ckpt")["global_step"] == 10
+
+
+@pytest.mark.timeout(600)
+def test_a_malformed_record_deep_in_a_large_corpus_stops_the_run_naming_file_and_line(tmp_path, tiny_model, bbc_texts):
+    """A broken JSON line past the reader's first 10 MB blocks: the run trains until the stream
+    reaches it, then stops with one line naming the file and line; its checkpoints stay whole."""
+    corpus = tmp_path / "large.jsonl"
+    good = [json.dumps({"text": text}) for text, _ in bbc_texts[:120]]
+    # 30 MB of documents without a pair (no sentence of 100-250 characters): read, then skipped.
+    filler = [json.dumps({"text": f"Note {i}. " + "A short line. " * 70}) for i in range(30_000)]
+    lines = [*good, *filler, '{"text": "a record cut short', *good[:5]]
+    corpus.write_text("\n".join(lines) + "\n")
+    assert corpus.stat().st_size > 25 << 20
+    run_dir = tmp_path / "runs"
+    done = subprocess.run(
+        [sys.executable, "-m", "lightning_app", *command_line("fit", [
+            f"--data.source={corpus}", "--data.num_workers=1", "--data.batch_size=4", "--data.shuffle_buffer=50",
+            "--data.val_documents=8", "--data.max_length=48", "--trainer.max_steps=200",
+            "--trainer.enable_progress_bar=false"], {"bert": tiny_model}, run_dir)],
+        capture_output=True, text=True, timeout=500, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    err = [line for line in done.stderr.splitlines() if line.strip()]
+    errors = [line for line in err if line.startswith("error:")]
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert len(errors) == 1 and err[-1] == errors[0], err[-5:]
+    assert errors[0].startswith(f"error: data.source: a malformed record in '{corpus}' line {len(good) + len(filler) + 1} (")
+    assert "dataloader worker 0" in errors[0] and "resume from the last checkpoint" in errors[0]
+    checkpoints = run_dir / "crop" / "version_0" / "checkpoints"
+    reached = read_checkpoint(checkpoints / "last.ckpt")["global_step"]
+    assert reached >= 10 and reached % 10 == 0  # the periodic checkpoints before the record, whole
+    print(f"stopped by the malformed record; last.ckpt at step {reached}")

@@ -1,0 +1,183 @@
+"""Faults the way they happen: ``lightning fit`` as a process, SIGKILLed at a random moment or in the
+middle of a checkpoint write, and a SLURM requeue of a 2-process DDP run; each resumed run must end
+with the weights of the uninterrupted run, and ``last.ckpt`` must hold the newest state."""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lightning_app.export import read_checkpoint
+from lightning_app.preemption import AtomicCheckpointIO
+from tests.test_cli import ROOT, scalars
+
+STEPS = 24  # not a multiple of the checkpoints' every_n_train_steps (10)
+
+
+class StallingCheckpointIO(AtomicCheckpointIO):
+    """The atomic checkpoint writer, stalled half-way through writing the checkpoint of step
+    ``stall_at_step`` (after writing ``marker``), so a test can SIGKILL the process mid-write."""
+
+    def __init__(self, stall_at_step: int, marker: str) -> None:
+        super().__init__()
+        self.stall_at_step = stall_at_step
+        self.marker = marker
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        if checkpoint.get("global_step") != self.stall_at_step:
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        whole_save = torch.save
+
+        def half_then_stall(obj, file, *args, **kwargs):
+            buffer = io.BytesIO()
+            whole_save(obj, buffer, *args, **kwargs)
+            file.write(buffer.getvalue()[:buffer.tell() // 2])
+            file.flush()
+            Path(self.marker).write_text(str(path))
+            time.sleep(600)
+
+        torch.save = half_then_stall
+        try:
+            super().save_checkpoint(checkpoint, path, storage_options)
+        finally:
+            torch.save = whole_save
+
+
+def fit_command(run_dir: Path, model: str, *extra: str, config: str = "crop.yaml") -> list[str]:
+    return [sys.executable, "-m", "lightning_app", "fit", "--config", str(ROOT / "configs" / config),
+            f"--trainer.default_root_dir={run_dir}", f"--trainer.logger.init_args.save_dir={run_dir}",
+            "--trainer.logger.init_args.version=0", f"--model.model={model}", "--model.lr=1e-3",
+            f"--trainer.max_steps={STEPS}", "--trainer.limit_val_batches=2", "--trainer.enable_progress_bar=false",
+            "--data.batch_size=8", "--data.max_length=48", "--data.shuffle_buffer=200", "--data.num_workers=2", *extra]
+
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+
+
+def run(command: list[str], timeout: int = 400, env: dict | None = None) -> None:
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env or ENV)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+
+
+def start(command: list[str], env: dict | None = None) -> subprocess.Popen:
+    """A process in its own group, so a kill reaches its dataloader workers too."""
+    return subprocess.Popen(command, env=env or ENV, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def wait_for(path: Path, process: subprocess.Popen, seconds: float = 300) -> None:
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        assert process.poll() is None, f"the run ended (exit {process.returncode}) before {path.name} appeared"
+        assert time.monotonic() < deadline, f"{path.name} did not appear"
+        time.sleep(0.05)
+
+
+def kill_group(process: subprocess.Popen) -> None:
+    assert process.poll() is None, "the run had already ended: nothing was killed"
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+
+
+def largest_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+
+
+def exported(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(run_dir / "crop" / "version_0" / "export" / "model.safetensors")
+
+
+def assert_last_is_final(checkpoints: Path) -> None:
+    """``last.ckpt`` links to the checkpoint of the final step, and no ``last-v1.ckpt`` was written."""
+    assert read_checkpoint(checkpoints / "last.ckpt")["global_step"] == STEPS
+    assert os.readlink(checkpoints / "last.ckpt") == f"step{STEPS:06d}.ckpt"
+    assert sorted(p.name for p in checkpoints.glob("last*")) == ["last.ckpt"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, tiny_model) -> Path:
+    run_dir = tmp_path_factory.mktemp("uninterrupted")
+    run(fit_command(run_dir, tiny_model))
+    return run_dir
+
+
+@pytest.mark.timeout(600)
+def test_the_end_of_fit_checkpoints_the_final_state(uninterrupted):
+    checkpoints = uninterrupted / "crop" / "version_0" / "checkpoints"
+    assert_last_is_final(checkpoints)
+    state = {k.removeprefix("encoder.backbone."): v for k, v in read_checkpoint(checkpoints / "last.ckpt")["state_dict"].items()}
+    assert largest_difference(exported(uninterrupted), state) == 0.0
+
+
+@pytest.mark.timeout(900)
+def test_a_run_sigkilled_at_a_random_moment_resumes_to_the_uninterrupted_weights(uninterrupted, tmp_path, tiny_model):
+    command = fit_command(tmp_path, tiny_model)
+    checkpoints = tmp_path / "crop" / "version_0" / "checkpoints"
+    process = start(command)
+    wait_for(checkpoints / "step000010.ckpt", process)
+    time.sleep(random.uniform(0.0, 1.0))
+    kill_group(process)
+    killed_at = read_checkpoint(checkpoints / "last.ckpt")["global_step"]
+    print(f"SIGKILLed with last.ckpt at step {killed_at}")
+    assert killed_at in (10, 20)
+
+    run([*command, f"--ckpt_path={checkpoints / 'last.ckpt'}"])
+    difference = largest_difference(exported(uninterrupted), exported(tmp_path))
+    print(f"max weight difference after a SIGKILL and resume (num_workers 2): {difference:.3g}")
+    assert difference <= 1e-6
+    assert_last_is_final(checkpoints)
+    assert [step for step, _ in scalars(tmp_path / "crop" / "version_0", "train/loss")] == list(range(STEPS))
+
+
+@pytest.mark.timeout(900)
+def test_a_sigkill_during_a_checkpoint_write_keeps_the_previous_checkpoint(uninterrupted, tmp_path, tiny_model):
+    marker = tmp_path / "stalled"
+    stalling = ('--trainer.plugins={"class_path": "tests.test_kill.StallingCheckpointIO", '
+                f'"init_args": {{"stall_at_step": 20, "marker": "{marker}"}}}}')
+    command = fit_command(tmp_path, tiny_model)
+    checkpoints = tmp_path / "crop" / "version_0" / "checkpoints"
+    process = start([*command, stalling])
+    wait_for(marker, process)
+    kill_group(process)
+    assert marker.read_text() == str(checkpoints / "step000020.ckpt")
+    assert not (checkpoints / "step000020.ckpt").exists()
+    assert [p.name for p in checkpoints.glob(".step000020.ckpt.*.partial")], "the kill came after the write"
+    assert read_checkpoint(checkpoints / "last.ckpt")["global_step"] == 10  # the previous checkpoint loads
+
+    run([*command, f"--ckpt_path={checkpoints / 'last.ckpt'}"])
+    difference = largest_difference(exported(uninterrupted), exported(tmp_path))
+    print(f"max weight difference after a SIGKILL mid-write and resume: {difference:.3g}")
+    assert difference <= 1e-6
+    assert_last_is_final(checkpoints)
+
+
+@pytest.mark.timeout(600)
+def test_sigterm_checkpoints_the_step_it_arrived_in_and_the_resume_is_exact(uninterrupted, tmp_path, tiny_model):
+    command = fit_command(tmp_path, tiny_model)
+    checkpoints = tmp_path / "crop" / "version_0" / "checkpoints"
+    process = start(command)
+    wait_for(checkpoints / "step000010.ckpt", process)
+    time.sleep(random.uniform(0.0, 1.0))
+    assert process.poll() is None
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=300)
+    stopped_at = read_checkpoint(checkpoints / "last.ckpt")["global_step"]
+    print(f"SIGTERM: last.ckpt at step {stopped_at}")
+    assert 10 <= stopped_at < STEPS and os.readlink(checkpoints / "last.ckpt") == f"step{stopped_at:06d}.ckpt"
+
+    run([*command, f"--ckpt_path={checkpoints / 'last.ckpt'}"])
+    assert largest_difference(exported(uninterrupted), exported(tmp_path)) <= 1e-6
+    assert_last_is_final(checkpoints)
