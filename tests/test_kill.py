@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning import Callback
 from safetensors.torch import load_file
 
 from lightning_app.export import read_checkpoint
@@ -52,6 +53,23 @@ class StallingCheckpointIO(AtomicCheckpointIO):
             super().save_checkpoint(checkpoint, path, storage_options)
         finally:
             torch.save = whole_save
+
+
+class MarkStep(Callback):
+    """Writes ``marker`` at the end of training step ``step``: the moment a test sends its signal."""
+
+    def __init__(self, step: int, marker: str) -> None:
+        self.step = step
+        self.marker = marker
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            Path(self.marker).write_text(str(self.step))
+
+
+def mark(step: int, marker: Path) -> str:
+    return ('--trainer.callbacks+={"class_path": "tests.test_kill.MarkStep", '
+            f'"init_args": {{"step": {step}, "marker": "{marker}"}}}}')
 
 
 def fit_command(run_dir: Path, model: str, *extra: str, config: str = "crop.yaml") -> list[str]:
@@ -126,13 +144,13 @@ def test_the_end_of_fit_checkpoints_the_final_state(uninterrupted):
 def test_a_run_sigkilled_at_a_random_moment_resumes_to_the_uninterrupted_weights(uninterrupted, tmp_path, tiny_model):
     command = fit_command(tmp_path, tiny_model)
     checkpoints = tmp_path / "crop" / "version_0" / "checkpoints"
-    process = start(command)
-    wait_for(checkpoints / "step000010.ckpt", process)
-    time.sleep(random.uniform(0.0, 1.0))
+    step = random.randint(11, STEPS - 1)
+    process = start([*command, mark(step, tmp_path / "reached")])
+    wait_for(tmp_path / "reached", process)
     kill_group(process)
     killed_at = read_checkpoint(checkpoints / "last.ckpt")["global_step"]
-    print(f"SIGKILLed with last.ckpt at step {killed_at}")
-    assert killed_at in (10, 20)
+    print(f"SIGKILLed after step {step}, last.ckpt at step {killed_at}")
+    assert killed_at == 10 * (step // 10)
 
     run([*command, f"--ckpt_path={checkpoints / 'last.ckpt'}"])
     difference = largest_difference(exported(uninterrupted), exported(tmp_path))
@@ -168,15 +186,14 @@ def test_a_sigkill_during_a_checkpoint_write_keeps_the_previous_checkpoint(unint
 def test_sigterm_checkpoints_the_step_it_arrived_in_and_the_resume_is_exact(uninterrupted, tmp_path, tiny_model):
     command = fit_command(tmp_path, tiny_model)
     checkpoints = tmp_path / "crop" / "version_0" / "checkpoints"
-    process = start(command)
-    wait_for(checkpoints / "step000010.ckpt", process)
-    time.sleep(random.uniform(0.0, 1.0))
-    assert process.poll() is None
-    process.send_signal(signal.SIGTERM)
+    process = start([*command, mark(13, tmp_path / "reached")])
+    wait_for(tmp_path / "reached", process)
+    process.send_signal(signal.SIGTERM)  # during step 13's last hooks or step 14
     process.wait(timeout=300)
     stopped_at = read_checkpoint(checkpoints / "last.ckpt")["global_step"]
-    print(f"SIGTERM: last.ckpt at step {stopped_at}")
-    assert 10 <= stopped_at < STEPS and os.readlink(checkpoints / "last.ckpt") == f"step{stopped_at:06d}.ckpt"
+    print(f"SIGTERM after step 13: last.ckpt at step {stopped_at}")
+    assert stopped_at in (13, 14) and os.readlink(checkpoints / "last.ckpt") == f"step{stopped_at:06d}.ckpt"
+    assert not (checkpoints / "step000010.ckpt").exists()  # save_top_k 1: replaced by the newer one
 
     run([*command, f"--ckpt_path={checkpoints / 'last.ckpt'}"])
     assert largest_difference(exported(uninterrupted), exported(tmp_path)) <= 1e-6
