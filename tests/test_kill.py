@@ -198,3 +198,68 @@ def test_sigterm_checkpoints_the_step_it_arrived_in_and_the_resume_is_exact(unin
     run([*command, f"--ckpt_path={checkpoints / 'last.ckpt'}"])
     assert largest_difference(exported(uninterrupted), exported(tmp_path)) <= 1e-6
     assert_last_is_final(checkpoints)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def slurm_ranks(command: list[str], bin_dir: Path) -> list[subprocess.Popen]:
+    """Both tasks of a 2-task SLURM job step on one node, as ``srun`` would start them."""
+    port = free_port()
+    job = {"SLURM_JOB_ID": "4343", "SLURM_JOB_NAME": "embed-finetune", "SLURM_NTASKS": "2",
+           "SLURM_NTASKS_PER_NODE": "2", "SLURM_JOB_NUM_NODES": "1", "SLURM_NNODES": "1", "SLURM_NODEID": "0",
+           "SLURM_NODELIST": "localhost", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+           "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    return [start(command, env={**ENV, **job, "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank)})
+            for rank in (0, 1)]
+
+
+def finish(ranks: list[subprocess.Popen], seconds: int = 600) -> None:
+    for process in ranks:
+        process.wait(timeout=seconds)
+    assert [process.returncode for process in ranks] == [0, 0]
+
+
+@pytest.mark.timeout(1800)
+def test_a_slurm_requeue_of_a_2_process_ddp_run_ends_with_the_uninterrupted_weights(tmp_path, tiny_model):
+    """SIGUSR1 reaches rank 1 only: both ranks stop after the same step (rank 0 saves
+    ``hpc_ckpt_1.ckpt`` and requeues through the fake ``scontrol``); the requeued job resumes from it
+    by itself and ends with the weights of the same job never signalled."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "scontrol.calls"
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    (bin_dir / "scontrol").chmod(0o755)
+
+    def command(run_dir: Path, *extra: str) -> list[str]:
+        return [*fit_command(run_dir, tiny_model, "--config", str(ROOT / "configs/slurm.yaml"),
+                             "--trainer.accelerator=cpu", "--trainer.strategy=ddp", "--trainer.devices=2",
+                             "--trainer.max_steps=16", "--data.num_workers=0",
+                             "--trainer.logger.init_args.version=slurm-4343"), *extra]
+
+    finish(slurm_ranks(command(tmp_path / "whole"), bin_dir))
+    assert not calls.exists()
+
+    run_dir = tmp_path / "requeued"
+    ranks = slurm_ranks(command(run_dir, mark(12, tmp_path / "reached")), bin_dir)
+    wait_for(tmp_path / "reached", ranks[0])
+    ranks[1].send_signal(signal.SIGUSR1)
+    finish(ranks)
+    saved = read_checkpoint(run_dir / "hpc_ckpt_1.ckpt")["global_step"]
+    print(f"SIGUSR1 to rank 1 after step 12: both ranks stopped after step {saved}")
+    assert 12 <= saved < 16
+    assert calls.read_text().split() == ["requeue", "4343"]
+    log_dir = run_dir / "crop" / "slurm-4343"
+    assert read_checkpoint(log_dir / "checkpoints" / "last.ckpt")["global_step"] == saved
+
+    finish(slurm_ranks(command(run_dir), bin_dir))  # the requeued job: the same command
+    whole = load_file(tmp_path / "whole" / "crop" / "slurm-4343" / "export" / "model.safetensors")
+    requeued = load_file(log_dir / "export" / "model.safetensors")
+    difference = largest_difference(whole, requeued)
+    print(f"max weight difference after a requeue of a 2-process DDP run: {difference:.3g}")
+    assert difference <= 1e-6
+    assert read_checkpoint(log_dir / "checkpoints" / "last.ckpt")["global_step"] == 16
+    assert [step for step, _ in scalars(log_dir, "train/loss")] == list(range(16))
