@@ -41,7 +41,7 @@ def printed(command: str, config: str, capsys) -> dict:
 def shrink_fit(config: dict, run_dir: Path, model: str, corpus: str) -> dict:
     """The same recipe at test size."""
     trainer, data = config["trainer"], config["data"]
-    trainer.update(accelerator="cpu", devices=1, max_steps=STEPS, val_check_interval=STEPS, limit_val_batches=1,
+    trainer.update(accelerator="cpu", devices=1, max_steps=STEPS, val_check_interval=STEPS, limit_val_batches=1, log_every_n_steps=1,
                    default_root_dir=str(run_dir), enable_progress_bar=False)
     trainer["logger"]["init_args"].update(save_dir=str(run_dir), version=0)
     config["model"]["model"] = model
