@@ -119,7 +119,10 @@ def class_options(config, prefix: str = "") -> dict[str, str]:
     """``class_path`` -> the option that configures it, e.g. ``lightning_app.data.views.TokenCrops``
     -> ``data.view``; list items are named ``trainer.callbacks[3]``."""
     found: dict[str, str] = {}
-    items = vars(config).items() if hasattr(config, "__dict__") else (config.items() if isinstance(config, dict) else ())
+    if isinstance(config, dict):
+        items = config.items()
+    else:
+        items = vars(config).items() if hasattr(config, "__dict__") else ()
     for key, value in items:
         option = f"{prefix}.{key}" if prefix else str(key)
         if key == "class_path" and isinstance(value, str):

@@ -106,22 +106,24 @@ def main(args: list[str] | None = None) -> None:
                            save_config_kwargs={"overwrite": True},
                            parser_kwargs={"description": DESCRIPTION})
     except ConfigError as error:
-        print(f"error: {one_line(str(error))}", file=sys.stderr)
+        print(f"error: {unwrap_worker_error(str(error))}", file=sys.stderr)
         raise SystemExit(2) from None
     except ArgumentError as error:  # jsonargparse's parse errors: unknown option, wrong type, ...
-        message = re.sub(r'^Parser key "([^"]+)":', r"\1:", one_line(str(error)))
-        print(f"error: {message} (see lightning {argv[0] if argv and not argv[0].startswith('-') else ''} --help)"
-              .replace("  ", " "), file=sys.stderr)
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        message = re.sub(r'^Parser key "([^"]+)":', r"\1:", " ".join(lines))
+        known = argv[:1] if argv and argv[0] in (*COMMANDS, "fit", "validate", "test", "predict") else []
+        print(f"error: {message} (see: {' '.join(['lightning', *known, '--help'])})", file=sys.stderr)
         raise SystemExit(2) from None
 
 
-def one_line(message: str) -> str:
-    """A message on one line; a ConfigError raised in a dataloader worker arrives wrapped in the
-    worker's traceback, whose last line holds the original message."""
+def unwrap_worker_error(message: str) -> str:
+    """A ConfigError raised in a dataloader worker arrives wrapped in the worker's traceback
+    ("Caught ConfigError in DataLoader worker process 0. Original Traceback ..."), whose last line
+    holds the original message; any other message is returned as it is."""
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     if lines and lines[0].startswith("Caught ") and "Original Traceback" in message:
         return re.sub(r"^[\w.]+Error: ", "", lines[-1])
-    return " ".join(lines)
+    return message
 
 
 if __name__ == "__main__":

@@ -130,8 +130,9 @@ def reproduce_command(*, corpus: str = "packaged:bbcnews", text_field: str = "te
         raise ConfigError(f"output: expected a folder, but {folder} is a file")
     config = model_config(model, config_overrides)
     limit = config_position_limit(config)
-    for option, value in (("budget.max_length", budget.max_length), ("budget.probe_max_length", budget.probe_max_length),
-                          ("mteb_max_seq_length", mteb_max_seq_length)):
+    lengths = {"budget.max_length": budget.max_length, "budget.probe_max_length": budget.probe_max_length,
+               "mteb_max_seq_length": mteb_max_seq_length}
+    for option, value in lengths.items():
         check_length(option, value, limit, model)
     open_corpus(corpus, text_field, label_field)  # fails early, naming the field, when a column is missing
     steps = budget.steps if budget.steps is not None else epoch_steps(corpus, text_field, budget.batch_size)
