@@ -32,6 +32,7 @@ def inputs(tmp_path_factory, tokenizer, tiny_model) -> dict[str, str]:
     (folder / "not-a-model" / "notes.txt").write_text("no config.json here")
     files = {"short.jsonl": '{"text": "Too short."}\n' * 5, "empty.jsonl": "",
              "other.jsonl": '{"body": "x", "title": "y"}\n', "unlabelled.jsonl": '{"text": "x", "category": "y"}\n',
+             "broken.jsonl": '{"text": "A first record."}\n{"text": "A second one."}\n{"text": "cut short\n',
              "labelled.jsonl": "".join(f'{{"text": "document {i}", "topic": {i % 3}}}\n' for i in range(60))}
     for name, text in files.items():
         (folder / name).write_text(text)
@@ -55,6 +56,8 @@ CASES = {
     "fit-glob": ("fit", lambda p, r: ["--data.source", f"{p['folder']}/*.parquet"], "data.source: no file matches the glob '"),
     "fit-text-field": ("fit", lambda p, r: ["--data.source", p["other.jsonl"]], "text_field: 'text' is not a column of '"),
     "fit-empty": ("fit", lambda p, r: ["--data.source", p["empty.jsonl"]], "is empty"),
+    "fit-malformed-early": ("fit", lambda p, r: ["--data.source", p["broken.jsonl"]],
+                            "data.source: cannot read '{broken.jsonl}': JSON parse error"),
     "fit-no-pairs": ("fit", lambda p, r: ["--data.source", p["short.jsonl"]], "yields a pair"),
     # fit: the model
     "fit-not-a-model": ("fit", lambda p, r: ["--model.model", f"{p['folder']}/not-a-model"],

@@ -263,7 +263,8 @@ class ContrastiveDataModule(LightningDataModule):
     def _check_pairs(self, documents) -> None:
         """Fail before training when the first documents give no pair (wrong view or corpus)."""
         n = self.hparams.check_documents
-        pairs = len(document_pairs(documents.take(n), self.view, partial(token_ids, self.tokenizer), self.hparams.seed))
+        first = GuardedDocuments(documents.take(n), self.hparams.source)
+        pairs = len(document_pairs(first, self.view, partial(token_ids, self.tokenizer), self.hparams.seed))
         if pairs == 0:
             raise ConfigError(f"data.source: none of the first {n} documents of '{self.hparams.source}' "
                               f"yields a pair with {self.view!r}; expected documents long enough for two views")

@@ -79,7 +79,8 @@ class GuardedDocuments:
                 reason = " ".join(str(error).split())[:200] or type(error).__name__
                 raise ConfigError(f"data.source: a malformed record in {locate(self.source)} ({reason}), "
                                   f"after {read} documents read by this {_reader()}; expected every record "
-                                  "to parse: fix or remove it, then resume from the last checkpoint") from None
+                                  "to parse: fix or remove it, then rerun, or resume from the last checkpoint if "
+                                  "one was written") from None
             read += 1
             yield document
 
