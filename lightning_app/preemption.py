@@ -10,9 +10,11 @@ from __future__ import annotations
 import os
 import signal
 import tempfile
+import threading
 
 import torch
 from lightning import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -103,3 +105,74 @@ class ContinueLogs(Callback):
             if isinstance(logger, TensorBoardLogger):
                 restart = Event(step=trainer.global_step, session_log=SessionLog(status=SessionLog.START))
                 logger.experiment.file_writer.add_event(restart)
+
+
+class LastIsNewest(Callback):
+    """Keeps ``last.ckpt`` on the newest state of the run, for every ``ModelCheckpoint`` that saves
+    every N steps with ``save_last`` (and no monitor):
+
+    - at the end of training, and at the end of the training step during which SIGTERM arrived,
+      the state is saved (``step<N>.ckpt`` and ``last.ckpt``) when the step is not a multiple of N;
+      then Lightning's own SIGTERM handling stops the run;
+    - a resumed run writing into the same folder points its ``last.ckpt`` at its own newest state
+      (Lightning would write ``last-v1.ckpt`` beside the interrupted run's ``last.ckpt``).
+
+    The saves run where ModelCheckpoint's step saves run (the end of a training step), so a run
+    resumed from any of them ends with the uninterrupted run's weights. A SIGTERM is held until the
+    end of a training step (like SLURM's SIGUSR1 in ``StepBoundaryRequeue``); under DDP the ranks
+    agree on the step with one boolean all-reduce per step.
+    """
+
+    def __init__(self) -> None:
+        self.lightning_handler = None
+        self.received = False
+
+    @staticmethod
+    def _periodic(trainer: Trainer) -> list[ModelCheckpoint]:
+        return [cb for cb in trainer.checkpoint_callbacks
+                if isinstance(cb, ModelCheckpoint) and cb.save_last and cb.monitor is None]
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.ckpt_path is not None:
+            for callback in self._periodic(trainer):
+                last = callback.format_checkpoint_name(callback._monitor_candidates(trainer),
+                                                       callback.CHECKPOINT_NAME_LAST)
+                if os.path.lexists(last) and callback.last_model_path != last:
+                    callback.last_model_path = last  # replaced by the next save, not versioned beside it
+        if threading.current_thread() is threading.main_thread():
+            self.lightning_handler = signal.getsignal(signal.SIGTERM)
+            signal.signal(signal.SIGTERM, self._remember)
+
+    def _remember(self, signum: int, frame) -> None:
+        self.received = True
+
+    def _save(self, trainer: Trainer) -> None:
+        for callback in self._periodic(trainer):
+            if callback._should_skip_saving_checkpoint(trainer):
+                continue  # already saved at this step (or fast_dev_run)
+            candidates = callback._monitor_candidates(trainer)
+            callback._save_topk_checkpoint(trainer, candidates)
+            callback._save_last_checkpoint(trainer, candidates)
+
+    def _restore_handler(self):
+        handler, self.lightning_handler = self.lightning_handler, None
+        if handler is not None:
+            signal.signal(signal.SIGTERM, handler)
+        return handler
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
+        if self.lightning_handler is None or not trainer.strategy.reduce_boolean_decision(self.received, all=False):
+            return
+        self._save(trainer)
+        handler = self._restore_handler()
+        if callable(handler):
+            handler(signal.SIGTERM, None)  # Lightning's: it stops the run after this step's hooks
+        else:
+            trainer.should_stop = True
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._save(trainer)
+        self._restore_handler()
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        self._restore_handler()

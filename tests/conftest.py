@@ -19,14 +19,16 @@ def tokenizer():
     return load_tokenizer("packaged:minilm")
 
 
-def save_tiny_model(folder, tokenizer, kind: str = "bert", dropout: float = 0.1, seed: int = 0) -> str:
-    """A random 2-layer encoder of the given family, saved with the packaged tokenizer."""
+def save_tiny_model(folder, tokenizer, kind: str = "bert", dropout: float = 0.1, seed: int = 0,
+                    positions: int = 520) -> str:
+    """A random 2-layer encoder of the given family (``positions``: its position table), saved with the
+    packaged tokenizer."""
     from transformers import BertConfig, BertModel, MPNetConfig, MPNetModel, RobertaConfig, RobertaModel
 
     config_class, model_class = {"bert": (BertConfig, BertModel), "roberta": (RobertaConfig, RobertaModel),
                                  "mpnet": (MPNetConfig, MPNetModel)}[kind]
     config = config_class(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                          intermediate_size=64, max_position_embeddings=520, hidden_dropout_prob=dropout,
+                          intermediate_size=64, max_position_embeddings=positions, hidden_dropout_prob=dropout,
                           attention_probs_dropout_prob=dropout)
     torch.manual_seed(seed)
     model_class(config).save_pretrained(folder)

@@ -13,8 +13,7 @@ from lightning import LightningDataModule
 from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from lightning_app.data.collate import PairCollator
-from lightning_app.data.pairs import document_pairs, held_out, token_ids
+from lightning_app.data.guard import GuardedDocuments
 from lightning_app.data.sources import open_corpus
 from lightning_app.data.stream import PairStream, RunLengthLoader
 from lightning_app.data.views import SentenceCrops, View
@@ -88,19 +87,20 @@ class ContrastiveDataModule(LightningDataModule):
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         fraction = hp.val_fraction
         train = documents.filter(lambda doc: not held_out(doc["text"] or "", fraction))
-        train = split_dataset_by_node(train, rank=rank, world_size=world)
+        train = GuardedDocuments(split_dataset_by_node(train, rank=rank, world_size=world), hp.source)
         self.train_pairs = PairStream(train, self.view, self.tokenizer, hp.seed, hp.shuffle_buffer,
                                       hp.batch_size, hp.length_buckets)
         if fraction > 0 and hp.val_documents > 0:
             # Every rank reads the same held-out pairs; Lightning's DistributedSampler gives each
             # rank as many, so the gathered negatives of validation steps line up across ranks.
             val = documents.filter(lambda doc: held_out(doc["text"] or "", fraction)).take(hp.val_documents)
-            self.val_pairs = document_pairs((doc["text"] for doc in val), self.view, partial(token_ids, self.tokenizer), hp.seed)
+            texts = (doc["text"] for doc in GuardedDocuments(val, hp.source))
+            self.val_pairs = document_pairs(texts, self.view, partial(token_ids, self.tokenizer), hp.seed)
 
     def _check_pairs(self, documents) -> None:
         """Fail before training when the first documents give no pair (wrong view or corpus)."""
         n = self.hparams.check_documents
-        texts = (doc["text"] for doc in documents.take(n))
+        texts = (doc["text"] for doc in GuardedDocuments(documents.take(n), self.hparams.source))
         pairs = len(document_pairs(texts, self.view, partial(token_ids, self.tokenizer), self.hparams.seed))
         if pairs == 0:
             raise ConfigError(f"data.source: none of the first {n} documents of '{self.hparams.source}' "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from lightning_app.checks import read_model_config
 from lightning_app.errors import ConfigError
 from lightning_app.evaluate.mteb_encoder import MtebEncoder
 from lightning_app.evaluate.report import Run, evaluate_layers, evaluate_tasks, tables, task_info, to_markdown, to_text
@@ -21,9 +22,17 @@ def parse_layer(layer: str | int | None) -> int | str | None:
                       f"layer, got {layer!r}")
 
 
-def _run(role: str, model: str, tasks: list, output: Path, layer: int | str | None, **options) -> Run:
-    encoder = MtebEncoder.load(model, layer=None if layer == "all" else layer,
-                               all_layers=layer == "all", **options)
+def _load(option: str, model: str, layer: int | str | None, **options) -> MtebEncoder:
+    """The encoder to evaluate; a path that is neither a checkpoint nor a model is one line naming ``option``."""
+    if model.endswith(".ckpt"):
+        if not Path(model).is_file():
+            raise ConfigError(f"{option}: checkpoint not found: '{model}'")
+    else:
+        read_model_config(model, option)
+    return MtebEncoder.load(model, layer=None if layer == "all" else layer, all_layers=layer == "all", **options)
+
+
+def _run(role: str, model: str, encoder: MtebEncoder, tasks: list, output: Path, layer: int | str | None) -> Run:
     scores = (evaluate_layers(encoder, tasks, output) if layer == "all"
               else [evaluate_tasks(encoder, tasks, output)])
     return Run(role, model, encoder.name, encoder.revision, scores)
@@ -62,11 +71,13 @@ def mteb_command(*, model: str, tasks: str = "offline", output: str = "mteb_resu
     out = Path(output)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output: expected a folder, but {out} is a file")
-    out.mkdir(parents=True, exist_ok=True)
     options = dict(pooling=pooling, batch_size=batch_size, max_seq_length=max_seq_length, device=device)
+    # Both models load (and fail on bad input) before anything is written.
+    encoders = [(role, name, _load(role, name, chosen, **options))
+                for role, name in (("model", model), ("baseline", baseline)) if name]
+    out.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
-    runs = [_run(role, name, task_list, out, chosen, **options)
-            for role, name in (("model", model), ("baseline", baseline)) if name]
+    runs = [_run(role, name, encoder, task_list, out, chosen) for role, name, encoder in encoders]
     minutes, seconds = divmod(round(time.monotonic() - start), 60)
     sections = tables(runs, task_info(task_list))
     lines = [f"# MTEB report: {model}", ""]

@@ -19,6 +19,7 @@ from mteb.models import ModelMeta
 from mteb.models.abs_encoder import AbsEncoder
 from mteb.models.model_meta import ScoringFunction
 
+from lightning_app.checks import position_limit
 from lightning_app.errors import ConfigError
 from lightning_app.export import load_encoder
 from lightning_app.model.encoder import Encoder
@@ -63,8 +64,8 @@ def weights_revision(module: torch.nn.Module) -> str:
 
 
 def token_limit(encoder: Encoder, tokenizer: Any) -> int:
-    """The most tokens per text: the smaller of the position embeddings and the tokenizer's maximum."""
-    limits = (getattr(encoder.backbone.config, "max_position_embeddings", None),
+    """The most tokens per text: the smaller of the position table's limit and the tokenizer's maximum."""
+    limits = (position_limit(encoder.backbone),
               getattr(tokenizer, "model_max_length", None))
     return min((v for v in limits if isinstance(v, int) and v < 1_000_000), default=1_000_000)
 

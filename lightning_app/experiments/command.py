@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from lightning_app.checks import check_length, config_position_limit
 from lightning_app.data.sources import open_corpus
 from lightning_app.errors import ConfigError
 from lightning_app.experiments.grid import (ALL_SETTINGS, RECIPES, UNTRAINED, Budget, Cell, Hardware, plan, recipe_file,
@@ -140,7 +141,13 @@ def reproduce_command(*, corpus: str = "packaged:bbcnews", text_field: str = "te
     files = {view: recipe_file(path) for view, path in recipes.items()}
     base = resolved(files["crops"])
     model = model or base["model"]["model"]
-    config = model_config(model, config_overrides)
+    config = model_config(model, config_overrides, option="model")
+    limit = config_position_limit(config)
+    lengths = {"budget.max_length": budget.max_length or base["data"]["max_length"],
+               "budget.probe_max_length": budget.probe_max_length or base["probe"]["max_length"],
+               "mteb_max_seq_length": mteb_max_seq_length}
+    for option, value in lengths.items():
+        check_length(option, value, limit, model)
     open_corpus(corpus, text_field, label_field)  # fails early, naming the field, when a column is missing
     batch_size = budget.batch_size or base["data"]["batch_size"]
     if budget.steps == "epoch":

@@ -6,8 +6,9 @@ from typing import Literal
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
+from transformers import AutoModel, PretrainedConfig, PreTrainedModel
 
+from lightning_app.checks import read_model_config
 from lightning_app.errors import ConfigError
 from lightning_app.packaged import resolve_model
 
@@ -22,13 +23,11 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: Pooling = 
     return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
 
 
-def model_config(model: str, config_overrides: dict | None = None, **kwargs) -> PretrainedConfig:
+def model_config(model: str, config_overrides: dict | None = None, option: str = "model.model",
+                 **kwargs) -> PretrainedConfig:
     """The config of a hub id, folder or ``packaged:<name>`` with ``config_overrides`` applied (e.g.
-    ``{num_hidden_layers: 4, hidden_size: 256}`` for a smaller random-init model)."""
-    try:
-        config = AutoConfig.from_pretrained(resolve_model(model), **kwargs)
-    except (OSError, ValueError) as error:
-        raise ConfigError(f"model: cannot read the config of '{model}': {str(error).splitlines()[0][:200]}") from None
+    ``{num_hidden_layers: 4, hidden_size: 256}`` for a smaller random-init model); errors name ``option``."""
+    config = read_model_config(model, option, **kwargs)
     for field, value in (config_overrides or {}).items():
         if not hasattr(config, field):
             raise ConfigError(f"model.config_overrides: '{field}' is not a field of {type(config).__name__}")

@@ -36,14 +36,14 @@ def check_options(corpora: list[ProbeCorpus], k: int, metric: str, test_fraction
     if len(set(names)) != len(names):
         raise ConfigError(f"probe.corpora: names must differ (they become tags), got {names}")
     if metric not in METRICS:
-        raise ConfigError(f"LayerProbe.metric: expected one of {METRICS}, got {metric!r}")
+        raise ConfigError(f"probe.metric: expected one of {METRICS}, got {metric!r}")
     if k < 1 or max_length < 3 or batch_size < 1 or geometry_pairs < 0:
-        raise ConfigError(f"LayerProbe: expected k >= 1, max_length >= 3, batch_size >= 1 and "
+        raise ConfigError(f"probe: expected k >= 1, max_length >= 3, batch_size >= 1 and "
                           f"geometry_pairs >= 0, got {k}, {max_length}, {batch_size}, {geometry_pairs}")
     if cv_folds == 1 or cv_folds < 0:
-        raise ConfigError(f"LayerProbe.cv_folds: expected 0 (off) or at least 2 folds, got {cv_folds}")
+        raise ConfigError(f"probe.cv_folds: expected 0 (off) or at least 2 folds, got {cv_folds}")
     if not 0 < test_fraction < 1:
-        raise ConfigError(f"LayerProbe.test_fraction: expected 0 < test_fraction < 1, got {test_fraction}")
+        raise ConfigError(f"probe.test_fraction: expected 0 < test_fraction < 1, got {test_fraction}")
 
 
 def log_at_step(trainer: Trainer, metrics: dict[str, float]) -> None:

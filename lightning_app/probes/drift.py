@@ -22,7 +22,7 @@ class LayerDrift(Callback):
 
     def __init__(self, every_n_steps: int | None = None) -> None:
         if every_n_steps is not None and every_n_steps < 1:
-            raise ConfigError(f"LayerDrift.every_n_steps: expected >= 1 or null, got {every_n_steps}")
+            raise ConfigError(f"drift.every_n_steps: expected >= 1 or null, got {every_n_steps}")
         self.every_n_steps = every_n_steps
         self.initial: list[list[torch.Tensor]] = []
         self.restored = False

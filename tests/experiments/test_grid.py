@@ -203,7 +203,7 @@ def test_a_cell_is_its_recipe_plus_the_grid_budget(tmp_path, tiny_model):
     ("--recipes={crops: configs/nothing.yaml, dropout: configs/dropout.yaml, token_crops: configs/token_crop.yaml}",
      "recipes: no config file at 'configs/nothing.yaml'"),
     ("--mteb_seeds=-1", "mteb_seeds: expected >= 0, got -1"),
-    ("--model=/no/such/model", "model: cannot read the config of '/no/such/model'"),
+    ("--model=/no/such/model", "model: cannot load '/no/such/model' as a model"),
     ("--corpus=/no/such/corpus.jsonl", "data.source: file not found: '/no/such/corpus.jsonl'"),
 ])
 def test_bad_grid_options(tmp_path, tiny_model, capsys, option, message):

@@ -129,5 +129,5 @@ def test_ddp_ranks_probe_a_shard_each_and_agree_with_one_process(tmp_path, tiny_
 
 @pytest.mark.parametrize("folds", [1, -2])
 def test_layer_probe_rejects_one_fold(folds):
-    with pytest.raises(ConfigError, match="LayerProbe.cv_folds: expected 0 \\(off\\) or at least 2"):
+    with pytest.raises(ConfigError, match="probe.cv_folds: expected 0 \\(off\\) or at least 2"):
         LayerProbe(cv_folds=folds)

@@ -1,0 +1,120 @@
+"""Every shipped config runs, not only parses: each file under configs/ trains 2 steps on the tiny
+BERT and a small corpus with its own callbacks (probes, MTEB, export, checkpoints) and precision.
+
+Only sizes change (model, steps, corpus, probe and MTEB sizes, CPU); the recipe otherwise runs as
+written. ``ddp.yaml`` and ``slurm.yaml`` are overlays, run on top of configs/crop.yaml; the files
+under configs/reproduce/ and ``*reproduce.yaml`` are ``lightning reproduce`` configs.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lightning_app.cli import main
+from lightning_app.export import read_checkpoint
+from tests.test_cli import ROOT, scalars
+
+CONFIGS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yaml"))
+OVERLAYS = {"configs/ddp.yaml", "configs/slurm.yaml"}
+STEPS = 2
+
+
+def is_reproduce(config: str) -> bool:
+    return config.startswith("configs/reproduce/") or config.endswith("reproduce.yaml")
+
+
+def printed(command: str, config: str, capsys) -> dict:
+    """The config as the command resolves it (defaults filled in)."""
+    with pytest.raises(SystemExit) as done:
+        main([command, "--config", str(ROOT / config), "--print_config"])
+    out, err = capsys.readouterr()
+    assert done.value.code == 0, err[-2000:]
+    return yaml.safe_load(out)
+
+
+def shrink_fit(config: dict, run_dir: Path, model: str, corpus: str) -> dict:
+    """The same recipe at test size."""
+    trainer, data = config["trainer"], config["data"]
+    trainer.update(accelerator="cpu", devices=1, max_steps=STEPS, val_check_interval=STEPS, limit_val_batches=1, log_every_n_steps=1,
+                   default_root_dir=str(run_dir), enable_progress_bar=False)
+    trainer["logger"]["init_args"].update(save_dir=str(run_dir), version=0)
+    config["model"]["model"] = model
+    config["model"]["frozen_layers"] = min(config["model"].get("frozen_layers") or 0, 1)  # the tiny BERT has 2
+    if not str(data["source"]).startswith("packaged:"):
+        data["source"] = corpus
+    data.update(max_length=min(data["max_length"], 64), batch_size=4, num_workers=min(data["num_workers"], 1),
+                shuffle_buffer=100, val_documents=16)
+    for callback in trainer["callbacks"]:
+        name, args = callback["class_path"].rsplit(".", 1)[1], callback.setdefault("init_args", {})
+        if name == "LayerProbe":
+            for corpus_spec in args["corpora"]:
+                corpus_spec["max_documents"] = 200
+            args.update(k=3, max_length=64, geometry_pairs=min(args.get("geometry_pairs", 0), 16),
+                        cv_folds=min(args.get("cv_folds", 0), 3))
+        elif name == "MtebCallback":
+            args.update(tasks="LeeDocumentSimilarity", max_seq_length=64)
+    return config
+
+
+def check_run(version: Path, config: dict) -> None:
+    assert read_checkpoint(version / "checkpoints" / "last.ckpt")["global_step"] == STEPS
+    assert (version / "export" / "model.safetensors").exists()
+    assert [step for step, _ in scalars(version, "train/loss")] == list(range(STEPS))
+    for callback in config["trainer"]["callbacks"]:
+        name, args = callback["class_path"].rsplit(".", 1)[1], callback["init_args"]
+        if name == "LayerProbe":
+            for spec in args["corpora"]:
+                assert [s for s, _ in scalars(version, f"probe/{spec['name']}/knn_acc")][-1] == STEPS
+        elif name == "MtebCallback":
+            assert [s for s, _ in scalars(version, "mteb/mean")] == [0]
+        elif name == "LayerDrift":
+            assert scalars(version, "drift/layer_00")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, bbc_texts) -> str:
+    import json
+
+    path = tmp_path_factory.mktemp("corpus") / "docs.jsonl"
+    path.write_text("".join(json.dumps({"text": text}) + "\n" for text, _ in bbc_texts[::9][:200]))
+    return str(path)
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("config", CONFIGS)
+def test_every_shipped_config_runs(config, tmp_path, tiny_model, corpus, capsys):
+    if is_reproduce(config):
+        options = printed("reproduce", config, capsys)
+        budget = {**options["budget"], "steps": STEPS, "batch_size": 4, "max_length": 32, "probe_every": 1,
+                  "probe_documents": None, "probe_max_length": 32, "cv_folds": 5}
+        options.update(model=tiny_model, pretrained=True, config_overrides=None, settings=["untrained", "crops"],
+                       seeds=[options["seeds"][0]], budget=budget, mteb_tasks="LeeDocumentSimilarity",
+                       mteb_max_seq_length=32, output=str(tmp_path / "results"))
+        options["hardware"].update(accelerator="cpu", devices=1, num_workers=0)
+        (tmp_path / "reproduce.yaml").write_text(yaml.safe_dump(options))
+        main(["reproduce", "--config", str(tmp_path / "reproduce.yaml")])
+        report = (tmp_path / "results" / "report.md").read_text()
+        assert "crops" in report and (tmp_path / "results" / "crops" / f"seed{options['seeds'][0]}" / "done.json").exists()
+        return
+
+    base = "configs/crop.yaml" if config in OVERLAYS else config
+    resolved = shrink_fit(printed("fit", base, capsys), tmp_path / "runs", tiny_model, corpus)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(resolved))
+    version = tmp_path / "runs" / resolved["trainer"]["logger"]["init_args"]["name"] / "version_0"
+    command = ["fit", "--config", str(tmp_path / "config.yaml")]
+    if config == "configs/ddp.yaml":  # 2 gloo processes, the overlay's precision and strategy
+        command += ["--config", str(ROOT / config), "--trainer.accelerator=cpu", "--trainer.devices=2"]
+        done = subprocess.run([sys.executable, "-m", "lightning_app", *command], capture_output=True, text=True,
+                              timeout=500, env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)})
+        assert done.returncode == 0, done.stderr[-3000:]
+    else:
+        if config == "configs/slurm.yaml":
+            command += ["--config", str(ROOT / config)]
+        main(command)
+    check_run(version, resolved)

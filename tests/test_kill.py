@@ -1,0 +1,265 @@
+"""Faults the way they happen: ``lightning fit`` as a process, SIGKILLed at a random moment or in the
+middle of a checkpoint write, and a SLURM requeue of a 2-process DDP run; each resumed run must end
+with the weights of the uninterrupted run, and ``last.ckpt`` must hold the newest state."""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from lightning import Callback
+from safetensors.torch import load_file
+
+from lightning_app.export import read_checkpoint
+from lightning_app.preemption import AtomicCheckpointIO
+from tests.test_cli import ROOT, scalars
+
+STEPS = 24  # not a multiple of the checkpoints' every_n_train_steps (10)
+
+
+class StallingCheckpointIO(AtomicCheckpointIO):
+    """The atomic checkpoint writer, stalled half-way through writing the checkpoint of step
+    ``stall_at_step`` (after writing ``marker``), so a test can SIGKILL the process mid-write."""
+
+    def __init__(self, stall_at_step: int, marker: str) -> None:
+        super().__init__()
+        self.stall_at_step = stall_at_step
+        self.marker = marker
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        if checkpoint.get("global_step") != self.stall_at_step:
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        whole_save = torch.save
+
+        def half_then_stall(obj, file, *args, **kwargs):
+            buffer = io.BytesIO()
+            whole_save(obj, buffer, *args, **kwargs)
+            file.write(buffer.getvalue()[:buffer.tell() // 2])
+            file.flush()
+            Path(self.marker).write_text(str(path))
+            time.sleep(600)
+
+        torch.save = half_then_stall
+        try:
+            super().save_checkpoint(checkpoint, path, storage_options)
+        finally:
+            torch.save = whole_save
+
+
+class MarkStep(Callback):
+    """Writes ``marker`` at the end of training step ``step``: the moment a test sends its signal."""
+
+    def __init__(self, step: int, marker: str) -> None:
+        self.step = step
+        self.marker = marker
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            Path(self.marker).write_text(str(self.step))
+
+
+def mark(step: int, marker: Path) -> str:
+    return ('--trainer.callbacks+={"class_path": "tests.test_kill.MarkStep", '
+            f'"init_args": {{"step": {step}, "marker": "{marker}"}}}}')
+
+
+def fit_command(run_dir: Path, model: str, *extra: str, config: str = "crop.yaml") -> list[str]:
+    return [sys.executable, "-m", "lightning_app", "fit", "--config", str(ROOT / "configs" / config),
+            f"--trainer.default_root_dir={run_dir}", f"--trainer.logger.init_args.save_dir={run_dir}",
+            "--trainer.logger.init_args.version=0", f"--model.model={model}", "--model.lr=1e-3",
+            f"--trainer.max_steps={STEPS}", "--trainer.limit_val_batches=2", "--trainer.enable_progress_bar=false",
+            "--data.batch_size=8", "--data.max_length=48", "--data.shuffle_buffer=200", "--data.num_workers=2", *extra]
+
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+
+
+def run(command: list[str], timeout: int = 400, env: dict | None = None) -> None:
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env or ENV)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+
+
+def start(command: list[str], env: dict | None = None) -> subprocess.Popen:
+    """A process in its own group, so a kill reaches its dataloader workers too."""
+    return subprocess.Popen(command, env=env or ENV, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def wait_for(path: Path, process: subprocess.Popen, seconds: float = 300) -> None:
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        assert process.poll() is None, f"the run ended (exit {process.returncode}) before {path.name} appeared"
+        assert time.monotonic() < deadline, f"{path.name} did not appear"
+        time.sleep(0.05)
+
+
+def kill_group(process: subprocess.Popen) -> None:
+    assert process.poll() is None, "the run had already ended: nothing was killed"
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+
+
+def largest_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+
+
+def exported(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(run_dir / "crop" / "version_0" / "export" / "model.safetensors")
+
+
+def assert_last_is_final(checkpoints: Path) -> None:
+    """``last.ckpt`` links to the checkpoint of the final step, and no ``last-v1.ckpt`` was written."""
+    assert read_checkpoint(checkpoints / "last.ckpt")["global_step"] == STEPS
+    assert os.readlink(checkpoints / "last.ckpt") == f"step{STEPS:06d}.ckpt"
+    assert sorted(p.name for p in checkpoints.glob("last*")) == ["last.ckpt"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, tiny_model) -> Path:
+    run_dir = tmp_path_factory.mktemp("uninterrupted")
+    run(fit_command(run_dir, tiny_model))
+    return run_dir
+
+
+@pytest.mark.timeout(600)
+def test_the_end_of_fit_checkpoints_the_final_state(uninterrupted):
+    checkpoints = uninterrupted / "crop" / "version_0" / "checkpoints"
+    assert_last_is_final(checkpoints)
+    state = {k.removeprefix("encoder.backbone."): v for k, v in read_checkpoint(checkpoints / "last.ckpt")["state_dict"].items()}
+    assert largest_difference(exported(uninterrupted), state) == 0.0
+
+
+@pytest.mark.timeout(900)
+def test_a_run_sigkilled_at_a_random_moment_resumes_to_the_uninterrupted_weights(uninterrupted, tmp_path, tiny_model):
+    command = fit_command(tmp_path, tiny_model)
+    checkpoints = tmp_path / "crop" / "version_0" / "checkpoints"
+    step = random.randint(11, STEPS - 1)
+    process = start([*command, mark(step, tmp_path / "reached")])
+    wait_for(tmp_path / "reached", process)
+    kill_group(process)
+    killed_at = read_checkpoint(checkpoints / "last.ckpt")["global_step"]
+    print(f"SIGKILLed after step {step}, last.ckpt at step {killed_at}")
+    assert killed_at == 10 * (step // 10)
+
+    run([*command, f"--ckpt_path={checkpoints / 'last.ckpt'}"])
+    difference = largest_difference(exported(uninterrupted), exported(tmp_path))
+    print(f"max weight difference after a SIGKILL and resume (num_workers 2): {difference:.3g}")
+    assert difference <= 1e-6
+    assert_last_is_final(checkpoints)
+    assert [step for step, _ in scalars(tmp_path / "crop" / "version_0", "train/loss")] == list(range(STEPS))
+
+
+@pytest.mark.timeout(900)
+def test_a_sigkill_during_a_checkpoint_write_keeps_the_previous_checkpoint(uninterrupted, tmp_path, tiny_model):
+    marker = tmp_path / "stalled"
+    stalling = ('--trainer.plugins={"class_path": "tests.test_kill.StallingCheckpointIO", '
+                f'"init_args": {{"stall_at_step": 20, "marker": "{marker}"}}}}')
+    command = fit_command(tmp_path, tiny_model)
+    checkpoints = tmp_path / "crop" / "version_0" / "checkpoints"
+    process = start([*command, stalling])
+    wait_for(marker, process)
+    kill_group(process)
+    assert marker.read_text() == str(checkpoints / "step000020.ckpt")
+    assert not (checkpoints / "step000020.ckpt").exists()
+    assert [p.name for p in checkpoints.glob(".step000020.ckpt.*.partial")], "the kill came after the write"
+    assert read_checkpoint(checkpoints / "last.ckpt")["global_step"] == 10  # the previous checkpoint loads
+
+    run([*command, f"--ckpt_path={checkpoints / 'last.ckpt'}"])
+    difference = largest_difference(exported(uninterrupted), exported(tmp_path))
+    print(f"max weight difference after a SIGKILL mid-write and resume: {difference:.3g}")
+    assert difference <= 1e-6
+    assert_last_is_final(checkpoints)
+
+
+@pytest.mark.timeout(600)
+def test_sigterm_checkpoints_the_step_it_arrived_in_and_the_resume_is_exact(uninterrupted, tmp_path, tiny_model):
+    command = fit_command(tmp_path, tiny_model)
+    checkpoints = tmp_path / "crop" / "version_0" / "checkpoints"
+    process = start([*command, mark(13, tmp_path / "reached")])
+    wait_for(tmp_path / "reached", process)
+    process.send_signal(signal.SIGTERM)  # during step 13's last hooks or step 14
+    process.wait(timeout=300)
+    stopped_at = read_checkpoint(checkpoints / "last.ckpt")["global_step"]
+    print(f"SIGTERM after step 13: last.ckpt at step {stopped_at}")
+    assert stopped_at in (13, 14) and os.readlink(checkpoints / "last.ckpt") == f"step{stopped_at:06d}.ckpt"
+    assert not (checkpoints / "step000010.ckpt").exists()  # save_top_k 1: replaced by the newer one
+
+    run([*command, f"--ckpt_path={checkpoints / 'last.ckpt'}"])
+    assert largest_difference(exported(uninterrupted), exported(tmp_path)) <= 1e-6
+    assert_last_is_final(checkpoints)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def slurm_ranks(command: list[str], bin_dir: Path) -> list[subprocess.Popen]:
+    """Both tasks of a 2-task SLURM job step on one node, as ``srun`` would start them."""
+    port = free_port()
+    job = {"SLURM_JOB_ID": "4343", "SLURM_JOB_NAME": "embed-finetune", "SLURM_NTASKS": "2",
+           "SLURM_NTASKS_PER_NODE": "2", "SLURM_JOB_NUM_NODES": "1", "SLURM_NNODES": "1", "SLURM_NODEID": "0",
+           "SLURM_NODELIST": "localhost", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+           "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    return [start(command, env={**ENV, **job, "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank)})
+            for rank in (0, 1)]
+
+
+def finish(ranks: list[subprocess.Popen], seconds: int = 600) -> None:
+    for process in ranks:
+        process.wait(timeout=seconds)
+    assert [process.returncode for process in ranks] == [0, 0]
+
+
+@pytest.mark.timeout(1800)
+def test_a_slurm_requeue_of_a_2_process_ddp_run_ends_with_the_uninterrupted_weights(tmp_path, tiny_model):
+    """SIGUSR1 reaches rank 1 only: both ranks stop after the same step (rank 0 saves
+    ``hpc_ckpt_1.ckpt`` and requeues through the fake ``scontrol``); the requeued job resumes from it
+    by itself and ends with the weights of the same job never signalled."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "scontrol.calls"
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    (bin_dir / "scontrol").chmod(0o755)
+
+    def command(run_dir: Path, *extra: str) -> list[str]:
+        return [*fit_command(run_dir, tiny_model, "--config", str(ROOT / "configs/slurm.yaml"),
+                             "--trainer.accelerator=cpu", "--trainer.strategy=ddp", "--trainer.devices=2",
+                             "--trainer.max_steps=16", "--data.num_workers=0",
+                             "--trainer.logger.init_args.version=slurm-4343"), *extra]
+
+    finish(slurm_ranks(command(tmp_path / "whole"), bin_dir))
+    assert not calls.exists()
+
+    run_dir = tmp_path / "requeued"
+    ranks = slurm_ranks(command(run_dir, mark(12, tmp_path / "reached")), bin_dir)
+    wait_for(tmp_path / "reached", ranks[0])
+    ranks[1].send_signal(signal.SIGUSR1)
+    finish(ranks)
+    saved = read_checkpoint(run_dir / "hpc_ckpt_1.ckpt")["global_step"]
+    print(f"SIGUSR1 to rank 1 after step 12: both ranks stopped after step {saved}")
+    assert 12 <= saved < 16
+    assert calls.read_text().split() == ["requeue", "4343"]
+    log_dir = run_dir / "crop" / "slurm-4343"
+    assert read_checkpoint(log_dir / "checkpoints" / "last.ckpt")["global_step"] == saved
+
+    finish(slurm_ranks(command(run_dir), bin_dir))  # the requeued job: the same command
+    whole = load_file(tmp_path / "whole" / "crop" / "slurm-4343" / "export" / "model.safetensors")
+    requeued = load_file(log_dir / "export" / "model.safetensors")
+    difference = largest_difference(whole, requeued)
+    print(f"max weight difference after a requeue of a 2-process DDP run: {difference:.3g}")
+    assert difference <= 1e-6
+    assert read_checkpoint(log_dir / "checkpoints" / "last.ckpt")["global_step"] == 16
+    assert [step for step, _ in scalars(log_dir, "train/loss")] == list(range(16))
