@@ -7,7 +7,6 @@ import importlib.metadata
 import re
 import shlex
 import tomllib
-from pathlib import Path
 from unittest import mock
 
 import pytest

@@ -13,7 +13,9 @@ from lightning import LightningDataModule
 from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
 
+from lightning_app.data.collate import PairCollator
 from lightning_app.data.guard import GuardedDocuments
+from lightning_app.data.pairs import document_pairs, held_out, token_ids
 from lightning_app.data.sources import open_corpus
 from lightning_app.data.stream import PairStream, RunLengthLoader
 from lightning_app.data.views import SentenceCrops, View

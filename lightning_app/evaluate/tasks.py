@@ -16,7 +16,6 @@ package. mteb's defaults are tuned for large hub sets and make these small sets 
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import mteb
 import numpy as np
