@@ -161,6 +161,10 @@ class LastIsNewest(Callback):
         return handler
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
+        if 0 < trainer.max_steps <= trainer.global_step:
+            # The final step, saved before ModelCheckpoint's own end-of-training save, which writes
+            # last.ckpt as a file of its own when this process saved nothing yet (a late resume).
+            self._save(trainer)
         if self.lightning_handler is None or not trainer.strategy.reduce_boolean_decision(self.received, all=False):
             return
         self._save(trainer)

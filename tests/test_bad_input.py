@@ -123,7 +123,7 @@ CASES = {
                                  "budget.probe_max_length: expected at most 128 tokens"),
     "reproduce-mteb-length": ("reproduce", lambda p, r: ["--mteb_max_seq_length=521"], "mteb_max_seq_length: expected at most 520"),
     "reproduce-corpus": ("reproduce", lambda p, r: [f"--corpus={p['folder']}/none.jsonl"], "data.source: file not found: '"),
-    "reproduce-steps": ("reproduce", lambda p, r: ["--budget.steps=0"], "budget.steps: expected >= 1 or null"),
+    "reproduce-steps": ("reproduce", lambda p, r: ["--budget.steps=0"], "budget.steps: expected >= 1, 'epoch' or null (the recipe's), got 0"),
     "reproduce-output-file": ("reproduce", lambda p, r: [f"--output={r}/crop/version_0/config.yaml"], "output: expected a folder, but"),
 }
 

@@ -98,3 +98,14 @@ def test_a_save_that_dies_midway_keeps_the_previous_checkpoint(tmp_path, monkeyp
         io.save_checkpoint({"step": 2}, target)
     assert target.read_bytes() == before
     assert os.listdir(tmp_path) == ["last.ckpt"]
+
+
+def test_a_run_resumed_after_its_last_periodic_checkpoint_links_last_to_its_final_step(tmp_path, tiny_model):
+    """Resumed from step 10 with no periodic save left before the end (step 12): the end of fit
+    still writes step000012.ckpt and points last.ckpt at it (not a separate file of its own)."""
+    checkpoints = tmp_path / "crop" / "version_0" / "checkpoints"
+    fit("crop.yaml", tmp_path, tiny_model, "--data.num_workers=0", "--trainer.max_steps=10")
+    assert os.readlink(checkpoints / "last.ckpt") == "step000010.ckpt"
+    fit("crop.yaml", tmp_path, tiny_model, "--data.num_workers=0", f"--ckpt_path={checkpoints / 'last.ckpt'}")
+    assert os.readlink(checkpoints / "last.ckpt") == f"step{STEPS:06d}.ckpt"
+    assert read_checkpoint(checkpoints / "last.ckpt")["global_step"] == STEPS
