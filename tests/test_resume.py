@@ -51,6 +51,7 @@ def test_killed_and_resumed_run_ends_with_the_uninterrupted_weights(config, work
         fit(config, tmp_path / "resumed", tiny_model, f"--data.num_workers={workers}", f"--trainer.callbacks+={crash}")
     checkpoints = tmp_path / "resumed" / name / "version_0" / "checkpoints"
     assert read_checkpoint(checkpoints / "last.ckpt")["global_step"] == 10
+    at_checkpoint = weights(checkpoints / "step000010.ckpt")  # replaced by step000012.ckpt (save_top_k: 1)
     fit(config, tmp_path / "resumed", tiny_model, f"--data.num_workers={workers}",
         f"--ckpt_path={checkpoints / 'last.ckpt'}")
 
@@ -59,7 +60,6 @@ def test_killed_and_resumed_run_ends_with_the_uninterrupted_weights(config, work
     difference = max((whole[k] - resumed[k]).abs().max().item() for k in whole)
     print(f"{name}: max weight difference after a resume: {difference:.3g}")
     assert difference <= 1e-6
-    at_checkpoint = weights(checkpoints / "step000010.ckpt")
     assert max((whole[k] - at_checkpoint[k]).abs().max().item() for k in whole) > 1e-4  # the resumed steps trained
 
     uninterrupted = scalars(tmp_path / "whole" / name / "version_0", "train/loss")
