@@ -1,74 +1,70 @@
-"""Training samples/s of our step against sentence-transformers' trainer on the same pairs.
+"""Training pairs/s of our step against sentence-transformers' trainer, on the same pairs.
 
-Ours is timed as Lightning runs it: a ``Trainer.fit`` over a fixed list of collated batches,
-each step from ``on_train_batch_start`` to ``on_train_batch_end`` (forward, loss, backward,
-optimizer and scheduler step, logging). The baseline is ``SentenceTransformerTrainer`` with
-``MultipleNegativesRankingLoss(scale=20)`` (= temperature 0.05), timed from ``on_step_begin`` to
-``on_step_end``. Both get the same weights, pairs, max length, optimizer (Adam(W) without weight
-decay, lr 2e-5, no clipping) and threads; neither is timed while loading data or the model.
+Systems (same weights, pairs, max length, threads; Adam(W) lr 2e-5, no weight decay, no clipping):
 
-The batches: a pool of ``16 * 64`` pairs (one window of ``data.length_buckets`` 16). The baseline
-and ``ours, no bucketing`` train on the pool's first ``steps`` batches in stream order (what a
-random sampler gives); ours on ``steps`` of the pool's 16 bucketed batches, chosen evenly over
-their padded lengths (a stratified sample, so its mean step time estimates the whole window's
-without timing all 16). ``warmup`` batches of other pairs come first and are not timed. Each
-system runs ``repeats`` times, interleaved; the figure is the median over repeats of the timed
-pairs divided by the timed steps' total time.
+- ``ours``: ``ContrastiveModule`` with its default ``tokens_per_chunk`` (the in-batch padding cut:
+  the 2B rows sorted by length and embedded in chunks, each padded to its own longest row), fed
+  the batches in stream order: random batches, the paper's protocol, no length bucketing.
+- ``sentence-transformers``: ``SentenceTransformerTrainer`` + ``MultipleNegativesRankingLoss(scale=20)``
+  (= temperature 0.05) with its default batch sampler (a seeded ``RandomSampler``) over the same
+  pairs: what a user gets. Its batches are random batches of the same pairs, but not ours.
+- ``sentence-transformers, same batches``: the same trainer given exactly our batches through its
+  ``batch_sampler`` argument (our stream order, unshuffled), so ``ratio_same_batches`` compares
+  identical work. Checked in the run: the row lengths the loss receives equal ours row by row
+  in every step (and the default sampler's batches hold the same pairs, in other batches).
+- ``ours, no padding cut``: ``tokens_per_chunk=None`` (one forward padded to the batch's longest
+  row), the same batches as ``ours``.
+- with ``--ablations``: ours with other ``tokens_per_chunk``, eager attention, the cached loss.
 
-    python benchmarks/train_throughput.py                  # CPU: crops and dropout, with ablations
-    python benchmarks/train_throughput.py --device cuda    # GPU: mpnet-base-sized, bf16, MFU
+Ours is timed as Lightning runs it: a ``Trainer.fit`` over the collated batches, each step from
+``on_train_batch_start`` to ``on_train_batch_end`` (forward, loss, backward, optimizer and
+scheduler step, logging); sentence-transformers from ``on_step_begin`` to ``on_step_end``.
+Neither is timed while loading data or the model; ``--warmup`` steps come first, untimed. Each
+repeat runs every system once (interleaved, the order rotated each repeat) and times a 2048^2
+``torch.mm`` loop, the machine's matmul peak at that moment; a system's figure is the median over
+repeats of its timed pairs / timed time, with the min-max range.
+
+``peak_share``: the model FLOP/s of our step (``model_flops``: real tokens only) over the measured
+matmul peak. ``real_token_share``: real tokens / padded tokens per step, padded = sum over chunks
+of rows x chunk width (and without the cut: 2B rows x the longest row). Top-level figures of
+the JSON line are the worst over views.
+
+    python benchmarks/train_throughput.py                  # CPU: crops and dropout, packaged MiniLM
+    python benchmarks/train_throughput.py --ablations      # + tokens_per_chunk 1024/2048/8192, eager, cached loss
+    python benchmarks/train_throughput.py --profile        # + the top ops of our step and of theirs
+    python benchmarks/train_throughput.py --device cuda [--compile]   # GPU: mpnet-base-sized, bf16, MFU
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
-import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 
+import datasets
 import lightning as L
 import torch
+import transformers
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.common import emit, text_pairs  # noqa: E402
-from lightning_app.data.bucketing import regroup_by_length  # noqa: E402
 from lightning_app.data.collate import PairCollator  # noqa: E402
 from lightning_app.data.views import Dropout, SentenceCrops  # noqa: E402
+from lightning_app.model.chunking import sorted_chunks  # noqa: E402
 from lightning_app.model.encoder import transformer_layers  # noqa: E402
-from lightning_app.packaged import load_tokenizer  # noqa: E402
 from lightning_app.model.module import ContrastiveModule  # noqa: E402
-from lightning_app.packaged import resolve_model  # noqa: E402
+from lightning_app.packaged import load_tokenizer, resolve_model  # noqa: E402
 
 # Dense bf16 peak FLOP/s (no sparsity) by device name.
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10G": 70e12}
-
-
-class TwoForwards(ContrastiveModule):
-    """Ablation: one forward per view, each padded to its own longest row (as sentence-transformers)."""
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        halves = []
-        for ids, mask in zip(input_ids.chunk(2), attention_mask.chunk(2)):
-            width = int(mask.sum(1).max())
-            halves.append(self.encoder(ids[:, :width], mask[:, :width]))
-        return torch.cat(halves)
-
-
-class StepTimer(L.Callback):
-    def __init__(self, device: str) -> None:
-        self.device, self.times = device, []
-
-    def on_train_batch_start(self, *args) -> None:
-        _sync(self.device)
-        self.start = time.perf_counter()
-
-    def on_train_batch_end(self, *args) -> None:
-        _sync(self.device)
-        self.times.append(time.perf_counter() - self.start)
+DEFAULT_CHUNK = inspect.signature(ContrastiveModule).parameters["tokens_per_chunk"].default
+OURS, ST, ST_SAME, NO_CUT = "ours", "sentence-transformers", "sentence-transformers, same batches", "ours, no padding cut"
 
 
 def _sync(device: str) -> None:
@@ -76,27 +72,52 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def build_batches(pairs, tokenizer, batch_size: int, max_length: int, warmup: int, steps: int):
-    """Warm-up + timed batches, bucketed and in stream order (see the module docstring), and the
-    stream-order batches' texts."""
+def loadavg() -> str:
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+class StepTimer(L.Callback):
+    """Our steps' times; optionally a torch profiler over the steps after ``warmup``."""
+
+    def __init__(self, device: str, warmup: int, profiler=None) -> None:
+        self.device, self.warmup, self.profiler, self.times = device, warmup, profiler, []
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        if self.profiler is not None and batch_idx == self.warmup:
+            self.profiler.start()
+        _sync(self.device)
+        self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        _sync(self.device)
+        self.times.append(time.perf_counter() - self.start)
+        if self.profiler is not None and batch_idx == trainer.max_steps - 1:
+            self.profiler.stop()
+
+
+def build_batches(pairs, tokenizer, batch_size: int, max_length: int):
+    """The pairs cut into collated batches in stream order, and each pair's token ids."""
     tokenize = lambda t: tokenizer(t, add_special_tokens=False, verbose=False)["input_ids"]  # noqa: E731
-    rows = [{"a": tokenize(a), "b": tokenize(b), "skipped": 0, "id": i} for i, (a, b) in enumerate(pairs)]
-    first, pool = rows[:warmup * batch_size], rows[warmup * batch_size:]
+    rows = [{"a": tokenize(a), "b": tokenize(b), "skipped": 0} for a, b in pairs]
     collate = PairCollator(tokenizer, max_length)
-    cut = lambda rs: [collate(rs[i:i + batch_size]) for i in range(0, len(rs), batch_size)]  # noqa: E731
-    by_width = sorted(cut(regroup_by_length(pool, batch_size, len(pool) // batch_size, 0, random.Random(0))),
-                      key=lambda b: b["input_ids"].shape[1])
-    stratified = [by_width[int((i + 0.5) * len(by_width) / steps)] for i in range(steps)]
-    stream = first + pool[:steps * batch_size]
-    return cut(first) + stratified, cut(stream), [pairs[r["id"]] for r in stream]
+    return [collate(rows[i:i + batch_size]) for i in range(0, len(rows), batch_size)]
 
 
-def time_ours(model_path: str, batches, device: str, warmup: int, module_class=ContrastiveModule,
-              compiled: bool = False, **options):
-    module = module_class(model_path, lr=2e-5, **options)
+def padded_tokens(batch: dict, tokens_per_chunk: int | None) -> int:
+    """Tokens our step pads the batch to: rows x width summed over its chunks (one chunk without the cut)."""
+    lengths = batch["attention_mask"].sum(1)
+    if tokens_per_chunk is None:
+        return batch["attention_mask"].numel()
+    return sum(len(rows) * int(lengths[rows].max()) for rows in sorted_chunks(lengths, tokens_per_chunk))
+
+
+def time_ours(model_path: str, batches, device: str, warmup: int, compiled: bool = False, profiler=None,
+              **options) -> list[float]:
+    module = ContrastiveModule(model_path, lr=2e-5, **options)
     if compiled:
         module.encoder.backbone = torch.compile(module.encoder.backbone, dynamic=True)
-    timer = StepTimer(device)
+    timer = StepTimer(device, warmup, profiler)
     trainer = L.Trainer(accelerator=device, devices=1, max_steps=len(batches), logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         precision="bf16-mixed" if device == "cuda" else "32-true", callbacks=[timer])
@@ -104,8 +125,11 @@ def time_ours(model_path: str, batches, device: str, warmup: int, module_class=C
     return timer.times[warmup:]
 
 
-def time_sentence_transformers(model_path: str, text_batches, batch_size: int, max_length: int, device: str,
-                               warmup: int):
+def time_sentence_transformers(model_path: str, pairs, batch_size: int, max_length: int, device: str,
+                               warmup: int, same_batches: bool, profiler=None):
+    """Step times of sentence-transformers' trainer over ``pairs``, and the row lengths its loss
+    received per step (anchor column then positive column, as our batches' 2B rows).
+    ``same_batches``: our batches in our order; else the trainer's default (random) sampler."""
     from datasets import Dataset
     from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from sentence_transformers.losses import MultipleNegativesRankingLoss
@@ -113,32 +137,57 @@ def time_sentence_transformers(model_path: str, text_batches, batch_size: int, m
     from transformers import TrainerCallback
 
     class Timer(TrainerCallback):
-        times: list[float] = []
+        def __init__(self) -> None:
+            self.times = []
 
-        def on_step_begin(self, *args, **kwargs):
+        def on_step_begin(self, args, state, control, **kwargs):
+            if profiler is not None and state.global_step == warmup:
+                profiler.start()
             _sync(device)
             self.start = time.perf_counter()
 
-        def on_step_end(self, *args, **kwargs):
+        def on_step_end(self, args, state, control, **kwargs):
             _sync(device)
             self.times.append(time.perf_counter() - self.start)
+            if profiler is not None and state.global_step == state.max_steps:
+                profiler.stop()
+
+    class RecordingLoss(MultipleNegativesRankingLoss):
+        """MNRL that keeps the row lengths it is given (on the device, read after training)."""
+
+        def forward(self, sentence_features, labels):
+            self.lengths.append(torch.cat([f["attention_mask"].sum(1) for f in sentence_features]))
+            return super().forward(sentence_features, labels)
 
     model = SentenceTransformer(model_path, device=device)
     model.max_seq_length = max_length
-    dataset = Dataset.from_dict({"anchor": [a for a, _ in text_batches], "positive": [b for _, b in text_batches]})
+    dataset = Dataset.from_dict({"anchor": [a for a, _ in pairs], "positive": [b for _, b in pairs]})
     in_order = lambda data, batch_size, drop_last, **_: BatchSampler(SequentialSampler(data), batch_size, drop_last)  # noqa: E731
+    sampler = {"batch_sampler": in_order} if same_batches else {}
     with tempfile.TemporaryDirectory() as out:
         args = SentenceTransformerTrainingArguments(
-            output_dir=out, per_device_train_batch_size=batch_size, max_steps=len(text_batches) // batch_size,
+            output_dir=out, per_device_train_batch_size=batch_size, max_steps=len(pairs) // batch_size,
             learning_rate=2e-5, lr_scheduler_type="linear", weight_decay=0.0, max_grad_norm=0.0, optim="adamw_torch",
             report_to="none", save_strategy="no", logging_strategy="no", disable_tqdm=True,
-            dataloader_drop_last=True, batch_sampler=in_order, use_cpu=device == "cpu", bf16=device == "cuda", seed=0)
-        timer = Timer()
-        timer.times = []
-        trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset,
-                                             loss=MultipleNegativesRankingLoss(model, scale=20.0), callbacks=[timer])
+            dataloader_drop_last=True, use_cpu=device == "cpu", bf16=device == "cuda", seed=0, **sampler)
+        timer, loss = Timer(), RecordingLoss(model, scale=20.0)
+        loss.lengths = []
+        trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss, callbacks=[timer])
         trainer.train()
-    return timer.times[warmup:]
+    return timer.times[warmup:], [x.tolist() for x in loss.lengths]
+
+
+def check_batches(batches, lengths: list[list[int]], same: bool) -> str:
+    """What the baseline really trained on, against our batches: the row lengths step by step."""
+    ours = [b["attention_mask"].sum(1).tolist() for b in batches]
+    if len(lengths) != len(ours):
+        raise RuntimeError(f"sentence-transformers ran {len(lengths)} steps, ours {len(ours)}")
+    equal = sum(a == b for a, b in zip(ours, lengths))
+    if same and equal != len(ours):
+        raise RuntimeError(f"'same batches': only {equal} of {len(ours)} steps got our rows")
+    if sorted(sum(ours, [])) != sorted(sum(lengths, [])):
+        raise RuntimeError("sentence-transformers trained on other pairs than ours")
+    return f"same pairs; {equal} of {len(ours)} steps with our exact rows"
 
 
 def model_flops(model_path: str, batches) -> float:
@@ -155,6 +204,23 @@ def model_flops(model_path: str, batches) -> float:
     return total / len(batches)
 
 
+def matmul_peak(device: str, size: int, seconds: float = 1.0) -> float:
+    """FLOP/s of a timed square ``torch.mm`` loop (fp32 on CPU, bf16 on CUDA), at least 3 products."""
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
+    torch.mm(a, b)
+    _sync(device)
+    count, start = 0, time.perf_counter()
+    while count < 3 or time.perf_counter() - start < seconds:
+        torch.mm(a, b)
+        count += 1
+        if device == "cuda" and count % 50:
+            continue
+        _sync(device)
+    _sync(device)
+    return 2 * size ** 3 * count / (time.perf_counter() - start)
+
+
 def random_model(config_file: str, folder: str) -> str:
     """A randomly initialised encoder of ``config_file``, saved with the packaged tokenizer."""
     from transformers import AutoConfig, AutoModel
@@ -164,92 +230,150 @@ def random_model(config_file: str, folder: str) -> str:
     return folder
 
 
-def median_rate(runs: list[list[float]], batch_size: int) -> float:
-    """Median over runs of pairs/s over the run's timed steps."""
-    return statistics.median(batch_size * len(times) / sum(times) for times in runs)
+def rate(times: list[float], batch_size: int) -> float:
+    return batch_size * len(times) / sum(times)
 
 
-def compare(name, view, model_path, tokenizer, args, ablations: bool) -> dict:
-    """Interleaved repeats of every system on one view's pairs; returns pairs/s per system."""
-    pairs = text_pairs(view, args.batch_size * (args.warmup + 16))
-    bucketed, stream, texts = build_batches(pairs, tokenizer, args.batch_size, args.max_length, args.warmup,
-                                            args.steps)
-    systems = {
-        "ours": lambda: time_ours(model_path, bucketed, args.device, args.warmup, compiled=args.compile),
-        "sentence-transformers": lambda: time_sentence_transformers(
-            model_path, texts, args.batch_size, args.max_length, args.device, args.warmup),
-    }
-    if ablations:
-        systems |= {
-            "ours, no bucketing": lambda: time_ours(model_path, stream, args.device, args.warmup),
-            "ours, two forwards (per-view padding)": lambda: time_ours(
-                model_path, bucketed, args.device, args.warmup, module_class=TwoForwards),
-            "ours, eager attention": lambda: time_ours(
-                model_path, bucketed, args.device, args.warmup, attn_implementation="eager"),
-            f"ours, cached loss (chunks of {args.batch_size} rows)": lambda: time_ours(
-                model_path, bucketed, args.device, args.warmup, cache_chunk_size=args.batch_size),
-        }
-    times = {system: [] for system in systems}
+def summary(rates: list[float]) -> dict:
+    return {"median": round(statistics.median(rates), 3), "min": round(min(rates), 3), "max": round(max(rates), 3)}
+
+
+def profile_steps(name: str, run) -> None:
+    """Run ``run(profiler)`` and print the top ops by self CPU time over the profiled steps."""
+    from torch.profiler import ProfilerActivity, profile
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    profiler = profile(activities=activities)
+    run(profiler)
+    print(f"\nprofile, {name}: top ops by self CPU time", flush=True)
+    print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=15), flush=True)
+
+
+def compare(name, view, model_path, tokenizer, args) -> dict:
+    """Interleaved repeats of every system on one view's pairs; prints and returns the figures."""
+    B, steps = args.batch_size, args.warmup + args.steps
+    pairs = text_pairs(view, B * steps)
+    batches = build_batches(pairs, tokenizer, B, args.max_length)
+    timed = batches[args.warmup:]
+    st = lambda same, profiler=None, steps=steps: time_sentence_transformers(  # noqa: E731
+        model_path, pairs[:B * steps], B, args.max_length, args.device, args.warmup, same, profiler)
+    ours = lambda profiler=None, steps=steps, **options: time_ours(  # noqa: E731
+        model_path, batches[:steps], args.device, args.warmup, compiled=args.compile, profiler=profiler, **options)
+    systems = {OURS: ours, ST: lambda: st(False), ST_SAME: lambda: st(True),
+               NO_CUT: lambda: ours(tokens_per_chunk=None)}
+    if args.ablations:
+        systems |= {f"ours, tokens_per_chunk {n}": (lambda n=n: ours(tokens_per_chunk=n))
+                    for n in (1024, 2048, 8192) if n != DEFAULT_CHUNK}
+        systems |= {"ours, eager attention": lambda: ours(attn_implementation="eager"),
+                    f"ours, cached loss (chunks of {B} rows)": lambda: ours(cache_chunk_size=B)}
+    rates, peaks, checks = {system: [] for system in systems}, [], {}
+    order = list(systems)
     for repeat in range(args.repeats):
-        for system, run in systems.items():
-            times[system].append(run())
-            print(f"[{name} repeat {repeat + 1}/{args.repeats}] {system}: "
-                  f"{median_rate(times[system], args.batch_size):.1f} pairs/s so far", file=sys.stderr, flush=True)
-    rates = {system: median_rate(t, args.batch_size) for system, t in times.items()}
-    tokens = sum(b["tokens"] for b in bucketed[args.warmup:]) / args.steps
-    padded = lambda bs: sum(b["attention_mask"].numel() for b in bs[args.warmup:]) / args.steps  # noqa: E731
-    print(f"\n{name}: {args.steps} timed steps x {args.repeats} repeats, batch {args.batch_size} pairs, "
-          f"{tokens:.0f} real tokens per step; padded tokens per step (2B rows): bucketed {padded(bucketed):.0f}, "
-          f"stream order {padded(stream):.0f}; load average {os.getloadavg()[0]:.2f}")
-    base = rates["sentence-transformers"]
-    for system, rate in rates.items():
-        print(f"  {system:55s} {rate:7.1f} pairs/s  {rate / base:5.2f}x")
+        print(f"[{name} repeat {repeat + 1}/{args.repeats}] load average at start {loadavg()}", flush=True)
+        for system in order[repeat % len(order):] + order[:repeat % len(order)]:
+            out = systems[system]()
+            if system in (ST, ST_SAME):
+                out, lengths = out
+                checks[system] = check_batches(batches, lengths, system == ST_SAME)
+            rates[system].append(rate(out, B))
+            print(f"  {system}: {rates[system][-1]:.2f} pairs/s", flush=True)
+        peaks.append(matmul_peak(args.device, args.mm_size))
+        print(f"  torch.mm {args.mm_size}^2: {peaks[-1] / 1e9:.1f} GFLOP/s; load average at end {loadavg()}", flush=True)
+
+    real = sum(b["tokens"] for b in timed) / args.steps
+    padded = {chunk: sum(padded_tokens(b, chunk) for b in timed) / args.steps for chunk in (DEFAULT_CHUNK, None)}
+    per_column = sum(m.shape[1] * B for b in timed for m in b["attention_mask"].chunk(2)) / args.steps
+    flops = model_flops(model_path, timed)
+    med = {system: statistics.median(r) for system, r in rates.items()}
+    peak = statistics.median(peaks)
+    flop_rate = flops * med[OURS] / B
+    print(f"\n{name}: {args.steps} timed steps x {args.repeats} repeats, batch {B} pairs; per step "
+          f"{real:.0f} real tokens, padded: {padded[DEFAULT_CHUNK]:.0f} with the cut (tokens_per_chunk "
+          f"{DEFAULT_CHUNK}), {padded[None]:.0f} without, {per_column:.0f} per-column (sentence-transformers)")
+    for system, check in checks.items():
+        print(f"  {system}: {check}")
+    for system, r in rates.items():
+        s = summary(r)
+        print(f"  {system:45s} {s['median']:7.2f} pairs/s (min {s['min']:.2f}, max {s['max']:.2f})  "
+              f"{med[system] / med[ST]:5.2f}x sentence-transformers, {med[system] / med[ST_SAME]:5.2f}x same batches")
+    print(f"  ours: {flops / 1e9:.1f} model GFLOP per step, {flop_rate / 1e9:.1f} GFLOP/s = {flop_rate / peak:.1%} of "
+          f"the measured torch.mm peak {peak / 1e9:.1f} GFLOP/s (min {min(peaks) / 1e9:.1f}, max {max(peaks) / 1e9:.1f})")
+    figures = {"ratio": round(med[OURS] / med[ST], 3), "ratio_same_batches": round(med[OURS] / med[ST_SAME], 3),
+               "real_token_share": round(real / padded[DEFAULT_CHUNK], 3),
+               "real_token_share_no_cut": round(real / padded[None], 3),
+               "peak_share": round(flop_rate / peak, 4), "peak_gflops": summary([p / 1e9 for p in peaks]),
+               "pairs_per_s": {system: summary(r) for system, r in rates.items()}}
     if args.device == "cuda":
-        flops = model_flops(model_path, bucketed[args.warmup:])
-        step = args.batch_size / rates["ours"]
-        peak = args.peak_tflops * 1e12 if args.peak_tflops else next(
+        table = args.peak_tflops * 1e12 if args.peak_tflops else next(
             (v for k, v in PEAK_BF16.items() if k in torch.cuda.get_device_name()), None)
-        print(f"  ours: {rates['ours']:.1f} samples/s, {tokens / step:.0f} tokens/s, {flops / step / 1e12:.1f} TFLOP/s"
-              + (f", MFU {flops / step / peak:.1%} of {peak / 1e12:.0f} TFLOP/s bf16" if peak else
+        print(f"  ours: {real * med[OURS] / B:.0f} tokens/s, {flop_rate / 1e12:.1f} TFLOP/s"
+              + (f", MFU {flop_rate / table:.1%} of {table / 1e12:.0f} TFLOP/s dense bf16" if table else
                  ", MFU unknown: pass --peak-tflops"))
-    return rates
+        figures["mfu"] = round(flop_rate / table, 4) if table else None
+    if args.profile:
+        few = args.warmup + min(args.steps, 3)
+        profile_steps(f"{OURS} ({name}, {few - args.warmup} steps)", lambda p: ours(profiler=p, steps=few))
+        profile_steps(f"{ST_SAME} ({name}, {few - args.warmup} steps)", lambda p: st(True, p, few))
+    return figures
+
+
+def commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--model", default=None, help="model folder or hub id (default: packaged MiniLM on CPU, "
-                        "a random model built from --model-config on CUDA)")
-    parser.add_argument("--model-config", default=os.path.join(os.path.dirname(__file__), "configs", "mpnet-base.json"))
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--model", default=None, help="model folder (default: the packaged MiniLM on CPU, a "
+                        "random model built from --model-config on CUDA or when --model-config is given)")
+    parser.add_argument("--model-config", default=None, help="config.json of a random model (CUDA default: "
+                        "benchmarks/configs/mpnet-base.json)")
+    parser.add_argument("--batch-size", type=int, default=64, help="pairs per step")
     parser.add_argument("--max-length", type=int, default=128)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps before the timed ones")
+    parser.add_argument("--steps", type=int, default=8, help="timed steps per system and repeat")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved repeats of every system")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--views", default="crops,dropout")
-    parser.add_argument("--ablations", default="crops", help="views that also run the per-optimization variants")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the encoder (raise --warmup)")
+    parser.add_argument("--views", default="crops,dropout", help="comma-separated: crops, dropout")
+    parser.add_argument("--ablations", action="store_true", help="also time ours with tokens_per_chunk "
+                        "1024/2048/8192, eager attention and the cached loss")
+    parser.add_argument("--profile", action="store_true", help="after the timing, profile a few steps of ours "
+                        "and of sentence-transformers (same batches) and print the top ops by self CPU time")
+    parser.add_argument("--mm-size", type=int, default=None, help="side of the timed torch.mm (the peak): "
+                        "2048 fp32 on CPU, 8192 bf16 on CUDA")
+    parser.add_argument("--compile", action="store_true", help="torch.compile our encoder (raise --warmup)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the device's dense bf16 peak (for MFU)")
     args = parser.parse_args()
+    views = {"crops": SentenceCrops(), "dropout": Dropout()}
+    unknown = [v for v in args.views.split(",") if v not in views]
+    if unknown:
+        print(f"error: --views: expected names among {', '.join(views)}, got {', '.join(unknown)}", file=sys.stderr)
+        sys.exit(2)
+    args.mm_size = args.mm_size or (8192 if args.device == "cuda" else 2048)
+    if args.device == "cuda" and args.model is None and args.model_config is None:
+        args.model_config = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "mpnet-base.json")
     torch.set_num_threads(args.threads)
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
     L.seed_everything(0, verbose=False)
     with tempfile.TemporaryDirectory() as folder:
-        model_path = args.model or (random_model(args.model_config, folder) if args.device == "cuda"
+        model_path = args.model or (random_model(args.model_config, folder) if args.model_config
                                     else resolve_model("packaged:minilm"))
         tokenizer = load_tokenizer(model_path)
-        print(f"device {args.device} ({torch.cuda.get_device_name() if args.device == 'cuda' else os.cpu_count()} "
-              f"{'' if args.device == 'cuda' else 'cores'}), torch threads {args.threads}, model {model_path}, "
-              f"load average {os.getloadavg()[0]:.2f}")
-        views = {"crops": SentenceCrops(), "dropout": Dropout()}
-        results = {}
-        for name in args.views.split(","):
-            rates = compare(name, views[name], model_path, tokenizer, args, ablations=name in args.ablations.split(","))
-            results[name] = {"ours": round(rates["ours"], 2), "baseline": round(rates["sentence-transformers"], 2),
-                             "ratio": round(rates["ours"] / rates["sentence-transformers"], 3)}
-    worst = min(results, key=lambda n: results[n]["ratio"])
-    print(f"load average at the end {os.getloadavg()[0]:.2f}")
-    emit("train_samples_per_s_vs_sentence_transformers", **results[worst], view=worst, views=results)
+        where = torch.cuda.get_device_name() if args.device == "cuda" else f"{os.cpu_count()} cores"
+        print(f"commit {commit()}; device {args.device} ({where}), torch {torch.__version__}, threads {args.threads}, "
+              f"model {args.model or args.model_config or 'packaged:minilm'}, tokens_per_chunk {DEFAULT_CHUNK}, "
+              f"load average {loadavg()}", flush=True)
+        results = {name: compare(name, views[name], model_path, tokenizer, args) for name in args.views.split(",")}
+    print(f"load average at the end {loadavg()}")
+    worst = lambda key: min(r[key] for r in results.values())  # noqa: E731
+    emit("train_pairs_per_s_vs_sentence_transformers", ratio=worst("ratio"),
+         ratio_same_batches=worst("ratio_same_batches"), real_token_share=worst("real_token_share"),
+         real_token_share_no_cut=worst("real_token_share_no_cut"), peak_share=worst("peak_share"),
+         tokens_per_chunk=DEFAULT_CHUNK, views=results)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,41 @@
+"""The training benchmark's main path on a tiny model: its JSON line and its batch checks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "train_throughput.py"
+
+
+def run_benchmark(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
+
+
+def test_train_throughput_ends_with_the_figures_of_identical_batches(tiny_model):
+    done = run_benchmark("--model", tiny_model, "--views", "crops", "--steps", "1", "--repeats", "1",
+                         "--warmup", "1", "--batch-size", "8", "--mm-size", "256")
+    assert done.returncode == 0, done.stderr[-3000:]
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    assert figures["ratio"] > 0 and figures["ratio_same_batches"] > 0
+    assert 0 < figures["real_token_share_no_cut"] <= figures["real_token_share"] <= 1
+    assert 0 < figures["peak_share"] <= 1
+    crops = figures["views"]["crops"]
+    assert set(crops["pairs_per_s"]) == {"ours", "sentence-transformers", "sentence-transformers, same batches",
+                                         "ours, no padding cut"}
+    assert all(0 < s["min"] <= s["median"] <= s["max"] for s in crops["pairs_per_s"].values())
+    assert crops["peak_gflops"]["median"] > 0
+    # the trainer fed our batches got our rows in every step, the default one the same pairs
+    assert "sentence-transformers, same batches: same pairs; 2 of 2 steps with our exact rows" in done.stdout
+    assert "sentence-transformers: same pairs;" in done.stdout
+    assert done.stdout.count("load average at start") == 1 and "load average at end" in done.stdout
+
+
+def test_train_throughput_refuses_an_unknown_view():
+    done = run_benchmark("--views", "crops,tokens")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == "error: --views: expected names among crops, dropout, got tokens"
