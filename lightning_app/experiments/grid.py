@@ -165,8 +165,7 @@ def cell_config(setting: str, seed: int, folder: Path, *, recipes: dict[str, Pat
          probe__at_start=probe_at_start, drift__every_n_steps=every,
          model__frozen_layers=0 if trained is None else num_layers - trained, model__lr=budget.lr,
          data__source=corpus["source"], data__text_field=corpus["text_field"], data__max_length=budget.max_length,
-         data__batch_size=budget.batch_size, data__num_workers=hardware.num_workers, data__val_documents=64,
-         data__length_buckets=1)  # the paper's random in-batch negatives, whatever the recipe says
+         data__batch_size=budget.batch_size, data__num_workers=hardware.num_workers, data__val_documents=64)
     config["mteb.tasks"] = None  # the grid evaluates the final models itself
     config.update({f"model.{key}": value for key, value in model.items()})
     return config
