@@ -106,10 +106,9 @@ def build_batches(pairs, tokenizer, batch_size: int, max_length: int):
 
 def padded_tokens(batch: dict, tokens_per_chunk: int | None) -> int:
     """Tokens our step pads the batch to: rows x width summed over its chunks (one chunk without the cut)."""
-    lengths = batch["attention_mask"].sum(1)
     if tokens_per_chunk is None:
         return batch["attention_mask"].numel()
-    return sum(len(rows) * int(lengths[rows].max()) for rows in sorted_chunks(lengths, tokens_per_chunk))
+    return sum(len(rows) * width for rows, width in sorted_chunks(batch["attention_mask"], tokens_per_chunk))
 
 
 def time_ours(model_path: str, batches, device: str, warmup: int, compiled: bool = False, profiler=None,
