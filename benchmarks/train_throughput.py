@@ -369,9 +369,10 @@ def main() -> None:
         results = {name: compare(name, views[name], model_path, tokenizer, args) for name in args.views.split(",")}
     print(f"load average at the end {loadavg()}")
     worst = lambda key: min(r[key] for r in results.values())  # noqa: E731
+    gpu = {"mfu": worst("mfu")} if args.device == "cuda" and all(r["mfu"] for r in results.values()) else {}
     emit("train_pairs_per_s_vs_sentence_transformers", ratio=worst("ratio"),
          ratio_same_batches=worst("ratio_same_batches"), real_token_share=worst("real_token_share"),
-         real_token_share_no_cut=worst("real_token_share_no_cut"), peak_share=worst("peak_share"),
+         real_token_share_no_cut=worst("real_token_share_no_cut"), peak_share=worst("peak_share"), **gpu,
          tokens_per_chunk=DEFAULT_CHUNK, views=results)
 
 
