@@ -83,6 +83,11 @@ CASES = {
                        "data.view (SentenceCrops): min_chars..max_chars: expected 0 <= min_chars <= max_chars, got 300..100"),
     "fit-view-ratio": ("fit", lambda p, r: ["--data.view", "lightning_app.data.views.TokenCrops", "--data.view.ratio_min", "0.9",
                                             "--data.view.ratio_max", "0.5"], "data.view (TokenCrops): ratio_min..ratio_max: expected"),
+    "fit-view-chunk": ("fit", lambda p, r: ["--data.view", "lightning_app.data.views.TokenCrops", "--data.view.chunk_tokens", "0"],
+                       "data.view (TokenCrops): chunk_tokens: expected >= 1, got 0"),
+    "fit-view-span": ("fit", lambda p, r: ["--data.view", "lightning_app.data.views.TokenCrops"],
+                      "data.view.init_args.chunk_tokens: expected chunk_tokens <= 252 at data.max_length 128, "
+                      "or data.max_length >= 130 (the longest TokenCrops span, ratio_max 0.5 x chunk_tokens 256 = 128 tokens"),
     "fit-callback": ("fit", lambda p, r: ["--mteb.every_n_steps=0"], "mteb.every_n_steps: expected >= 1, got 0"),
     "fit-probe-corpus": ("fit", lambda p, r: probe(p["unlabelled.jsonl"]), "probe corpus 'mine': label_field: 'topic' is not a column of '"),
     "fit-probe-small": ("fit", lambda p, r: probe(p["labelled.jsonl"]), "expected at least k+1 = 11 in each split"),
