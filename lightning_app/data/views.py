@@ -43,16 +43,21 @@ class SentenceCrops(View):
     """The paper's crops: two different random crops, each ``sentences_per_crop`` consecutive
     sentences among those of ``min_chars``..``max_chars`` characters.
 
-    Crops do not overlap: the qualifying sentences are cut into consecutive groups, so the two
-    views of a pair never share a sentence. Documents with fewer than two crops are skipped.
+    With ``overlap`` (the paper's training code) a crop starts at every qualifying sentence: it and
+    the next ``sentences_per_crop - 1`` qualifying ones, so crops overlap and a pair may share a
+    sentence; a document with 3 qualifying sentences gives 2 crops. Without it the qualifying
+    sentences are cut into consecutive groups, so the two views never share a sentence (a document
+    needs 4). Documents with fewer than two crops are skipped.
 
     Args:
         min_chars: shortest sentence kept, in characters.
         max_chars: longest sentence kept, in characters.
         sentences_per_crop: qualifying sentences in one crop.
+        overlap: sliding crops (one per qualifying sentence) instead of disjoint groups.
     """
 
-    def __init__(self, min_chars: int = 100, max_chars: int = 250, sentences_per_crop: int = 2) -> None:
+    def __init__(self, min_chars: int = 100, max_chars: int = 250, sentences_per_crop: int = 2,
+                 overlap: bool = True) -> None:
         if not 0 <= min_chars <= max_chars:
             raise ValueError(f"min_chars..max_chars: expected 0 <= min_chars <= max_chars, "
                              f"got {min_chars}..{max_chars}")
@@ -61,12 +66,13 @@ class SentenceCrops(View):
         self.min_chars = min_chars
         self.max_chars = max_chars
         self.sentences_per_crop = sentences_per_crop
+        self.overlap = overlap
 
     def crops(self, text: str) -> list[str]:
         """All crops of ``text``, in document order."""
         kept = [s for s in split_sentences(text) if self.min_chars <= len(s) <= self.max_chars]
         n = self.sentences_per_crop
-        return [" ".join(kept[i:i + n]) for i in range(0, len(kept) - n + 1, n)]
+        return [" ".join(kept[i:i + n]) for i in range(0, len(kept) - n + 1, 1 if self.overlap else n)]
 
     def pair(self, text: str, tokenize: Tokenize, rng: random.Random) -> Pair | None:
         crops = self.crops(text)
@@ -133,8 +139,8 @@ class Dropout(SentenceCrops):
     """
 
     def __init__(self, min_chars: int = 100, max_chars: int = 250, sentences_per_crop: int = 2,
-                 whole_document: bool = False) -> None:
-        super().__init__(min_chars, max_chars, sentences_per_crop)
+                 overlap: bool = True, whole_document: bool = False) -> None:
+        super().__init__(min_chars, max_chars, sentences_per_crop, overlap)
         self.whole_document = whole_document
 
     def pair(self, text: str, tokenize: Tokenize, rng: random.Random) -> Pair | None:

@@ -17,14 +17,33 @@ def test_split_sentences_keeps_quotes_and_breaks_lines():
                                      "A new line without a stop", "end."]
 
 
-def test_crops_are_consecutive_qualifying_sentences(bbc_texts):
+def test_crops_start_at_every_qualifying_sentence_by_default(bbc_texts):
     view = SentenceCrops()
+    for text, _ in bbc_texts[:200]:
+        kept = [s for s in split_sentences(text) if 100 <= len(s) <= 250]
+        crops = view.crops(text)
+        assert len(crops) == max(len(kept) - 1, 0)
+        for i, crop in enumerate(crops):
+            assert crop == f"{kept[i]} {kept[i + 1]}"
+
+
+def test_non_overlapping_crops_are_disjoint_groups_of_qualifying_sentences(bbc_texts):
+    view = SentenceCrops(overlap=False)
     for text, _ in bbc_texts[:200]:
         kept = [s for s in split_sentences(text) if 100 <= len(s) <= 250]
         crops = view.crops(text)
         assert len(crops) == len(kept) // 2
         for i, crop in enumerate(crops):
             assert crop == f"{kept[2 * i]} {kept[2 * i + 1]}"
+
+
+def test_three_qualifying_sentences_give_a_pair_only_with_overlapping_crops(tokenizer):
+    sentence = "This sentence is long enough to count as one of the qualifying sentences of the crop rule, the {} one."
+    text = " ".join(sentence.format(word) for word in ("first", "second", "third"))
+    tokenize = lambda s: tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731
+    a, b = SentenceCrops().pair(text, tokenize, random.Random(0))
+    assert "second" in tokenizer.decode(a) and "second" in tokenizer.decode(b) and a != b  # they share a sentence
+    assert SentenceCrops(overlap=False).pair(text, tokenize, random.Random(0)) is None
 
 
 def test_pair_is_two_different_crops_and_short_documents_are_skipped(bbc_texts, tokenizer):
