@@ -83,8 +83,9 @@ def check_span_length(view, max_length: int, body: int, length_option: str = "da
     special = max_length - body
     fits = next((c for c in range(view.chunk_tokens - 1, 0, -1) if view.longest_span(c) <= body), None)
     expected = f"chunk_tokens <= {fits} at {length_option} {max_length}, or " if fits else ""
+    needed = view.longest_span() + special
     raise ConfigError(
-        f"data.view.init_args.chunk_tokens{where}: expected {expected}{length_option} >= {view.longest_span() + special} "
+        f"data.view.init_args.chunk_tokens{where}: expected {expected}{length_option} >= {needed} "
         f"(the longest TokenCrops span, ratio_max {view.ratio_max} x chunk_tokens {view.chunk_tokens} = "
         f"{view.longest_span()} tokens, must fit the {max(body, 0)} a view keeps besides its {special} special tokens)")
 

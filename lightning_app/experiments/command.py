@@ -35,7 +35,8 @@ def check_token_crops(recipe: Path, model: str, max_length: int | None) -> None:
     view = config["data"]["view"]
     if view["class_path"] != f"{TokenCrops.__module__}.TokenCrops":
         return
-    length_option, length = ("budget.max_length", max_length) if max_length else ("data.max_length", config["data"]["max_length"])
+    length_option, length = ("budget.max_length", max_length) if max_length else ("data.max_length",
+                                                                                   config["data"]["max_length"])
     prefix, suffix = special_tokens(load_tokenizer(model))
     check_span_length(TokenCrops(**view.get("init_args", {})), length, length - len(prefix) - len(suffix),
                       length_option, where=f" ({recipe})")
