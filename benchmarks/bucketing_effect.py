@@ -8,7 +8,8 @@
   padded forward: other in-batch negatives.
 
 Each arm is a ``lightning reproduce`` grid (settings untrained and crops) whose crops recipe is
-``configs/crop.yaml`` plus the arm's keys, written to ``<output>/recipes/``. Finished cells are
+``configs/crop.yaml`` plus the arm's keys, written to ``<output>/recipes/`` (``cut`` runs the recipe
+itself, so its folder can be completed into the full grid). Finished cells are
 kept, so a rerun only completes what is missing. Prints every seed's 10-fold kNN accuracy of the
 last layer and the paired difference of each arm from ``cut`` (mean and 95% t interval over
 seeds), and ends with one JSON line.
@@ -38,12 +39,14 @@ ARMS = {"cut": {}, "plain": {"model.tokens_per_chunk": None},
         "bucketed": {"data.length_buckets": 16, "model.tokens_per_chunk": None}}
 
 
-def recipe(folder: Path, arm: str) -> Path:
-    """The arm's crops recipe: the default recipe plus the arm's keys."""
+def recipe(folder: Path, arm: str) -> str:
+    """The arm's crops recipe: the default recipe itself, or a file of it plus the arm's keys."""
+    if not ARMS[arm]:
+        return "configs/crop.yaml"  # so that the arm's folder is a plain grid that can be completed
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{arm}.yaml"
     path.write_text(yaml.safe_dump({"config": str(PROJECT / "configs" / "crop.yaml"), **ARMS[arm]}, sort_keys=False))
-    return path
+    return str(path)
 
 
 def crops_knn(grid: Path) -> dict[int, float]:
@@ -73,7 +76,7 @@ def main() -> None:
     for arm in arms:
         command = [sys.executable, "-m", "lightning_app", "reproduce", "--config", args.grid,
                    "--settings", "[untrained, crops]", "--mteb_tasks", "null", "--output", str(output / arm),
-                   "--recipes", json.dumps({"crops": str(recipe(output / "recipes", arm)),
+                   "--recipes", json.dumps({"crops": recipe(output / "recipes", arm),
                                             "dropout": "configs/dropout.yaml", "token_crops": "configs/token_crop.yaml"})]
         command += ["--seeds", args.seeds] if args.seeds else []
         print("$", " ".join(command), flush=True)

@@ -14,6 +14,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
 
+from lightning_app.checks import check_span_length
 from lightning_app.data.collate import PairCollator
 from lightning_app.data.guard import GuardedDocuments
 from lightning_app.data.pairs import document_pairs, held_out, token_ids
@@ -88,6 +89,7 @@ class ContrastiveDataModule(LightningDataModule):
         hp = self.hparams
         self.tokenizer = load_tokenizer(hp.tokenizer, hp.trust_remote_code)
         self.collate = PairCollator(self.tokenizer, hp.max_length)
+        check_span_length(self.view, hp.max_length, self.collate.body)
         documents = open_corpus(hp.source, hp.text_field, subset=hp.subset, split=hp.split,
                                 sample_by=hp.sample_by, trust_remote_code=hp.trust_remote_code)
         self._check_pairs(documents)
