@@ -300,11 +300,13 @@ def compare(name, view, model_path, tokenizer, args) -> dict:
                "real_token_share": round(real / padded[DEFAULT_CHUNK], 3),
                "real_token_share_no_cut": round(real / padded[None], 3),
                "peak_share": round(flop_rate / peak, 4), "peak_gflops": summary([p / 1e9 for p in peaks]),
+               "samples_per_s": round(med[OURS], 3), "tokens_per_s": round(real * med[OURS] / B, 1),
+               "tflop_per_s": round(flop_rate / 1e12, 4),
                "pairs_per_s": {system: summary(r) for system, r in rates.items()}}
     if args.device == "cuda":
         table = args.peak_tflops * 1e12 if args.peak_tflops else next(
             (v for k, v in PEAK_BF16.items() if k in torch.cuda.get_device_name()), None)
-        print(f"  ours: {real * med[OURS] / B:.0f} tokens/s, {flop_rate / 1e12:.1f} TFLOP/s"
+        print(f"  ours: {med[OURS]:.1f} samples/s, {real * med[OURS] / B:.0f} tokens/s, {flop_rate / 1e12:.1f} TFLOP/s"
               + (f", MFU {flop_rate / table:.1%} of {table / 1e12:.0f} TFLOP/s dense bf16" if table else
                  ", MFU unknown: pass --peak-tflops"))
         figures["mfu"] = round(flop_rate / table, 4) if table else None
@@ -373,6 +375,7 @@ def main() -> None:
     emit("train_pairs_per_s_vs_sentence_transformers", ratio=worst("ratio"),
          ratio_same_batches=worst("ratio_same_batches"), real_token_share=worst("real_token_share"),
          real_token_share_no_cut=worst("real_token_share_no_cut"), peak_share=worst("peak_share"), **gpu,
+         samples_per_s=worst("samples_per_s"), tokens_per_s=worst("tokens_per_s"), tflop_per_s=worst("tflop_per_s"),
          tokens_per_chunk=DEFAULT_CHUNK, views=results)
 
 
