@@ -3,7 +3,7 @@ sampling its peak memory, and gather every step's figures and the targets into o
 
     python benchmarks/gpu_check.py prepare --out gpu_check.json --work DIR [--smoke]
     python benchmarks/gpu_check.py step --work DIR --name NAME --limit SECONDS -- COMMAND ...
-    python benchmarks/gpu_check.py report --work DIR --out gpu_check.json
+    python benchmarks/gpu_check.py report --work DIR --out gpu_check.json [--quiet]
 """
 
 from __future__ import annotations
@@ -186,12 +186,12 @@ def last_json(log: Path) -> dict | None:
     return None
 
 
-def find_number(obj, keys: tuple[str, ...]) -> float | None:
+def find_number(obj, keys: tuple[str, ...]) -> int | float | None:
     """The first number stored under one of ``keys`` anywhere in a nested JSON object."""
     if isinstance(obj, dict):
         for key in keys:
             if isinstance(obj.get(key), (int, float)) and not isinstance(obj.get(key), bool):
-                return float(obj[key])
+                return obj[key]
         obj = list(obj.values())
     if isinstance(obj, list):
         for value in obj:
@@ -255,9 +255,10 @@ def fit_figures(work: Path) -> dict:
                     "steps_per_s": round(1 / step, 3), "samples_per_s": round(batch / step, 2),
                     "epoch_steps": math.ceil(EPOCH_DOCUMENTS / batch),
                     "epoch_s": round(math.ceil(EPOCH_DOCUMENTS / batch) * step, 1)}
-    monitor = series("train/device/samples_per_sec")
-    if monitor:
-        figures["throughput_monitor_samples_per_s"] = round(statistics.median(monitor.values()), 2)
+    for tag, name in [("train/device/samples_per_sec", "throughput_monitor_samples_per_s"),
+                      ("train/device/items_per_sec", "throughput_monitor_tokens_per_s")]:
+        if series(tag):
+            figures[name] = round(statistics.median(series(tag).values()), 2)
     if series("train/device/mfu"):
         figures["throughput_monitor_mfu"] = round(statistics.median(series("train/device/mfu").values()), 4)
     last = lambda tag: round(list(series(tag).values())[-1], 4) if series(tag) else None  # noqa: E731
@@ -294,7 +295,8 @@ def report(work: Path, out: str) -> dict:
     mfus = {name: steps[name].get("figures", {}).get("mfu") for name in ("train_throughput", "train_throughput_compile")}
     measured = {k: v for k, v in mfus.items() if v is not None}
     best = max(measured, key=measured.get) if measured else None
-    epoch = steps["fit"].get("figures", {}).get("epoch_s")
+    fit = steps["fit"].get("figures", {})
+    epoch = fit.get("epoch_s") if fit.get("batch_size") == EPOCH_BATCH or meta["smoke"] else None
     targets = {"mfu_bf16": {**TARGETS["mfu_bf16"], "value": measured.get(best), "from": best},
                "epoch_24k_batch64_s": {**TARGETS["epoch_24k_batch64_s"], "value": epoch, "from": "fit"}}
     targets["mfu_bf16"]["met"] = None if best is None else measured[best] >= TARGETS["mfu_bf16"]["threshold"]
@@ -306,7 +308,9 @@ def report(work: Path, out: str) -> dict:
             target["note"] = "smoke run: the targets apply to the full check on one GPU"
     result = {**meta, "load_average_end": os.getloadavg()[0], "steps": steps, "targets": targets,
               "all_steps_ok": all(s["status"] == "ok" for s in steps.values())}
-    Path(out).write_text(json.dumps(result, indent=2) + "\n")
+    partial = Path(f"{out}.partial")
+    partial.write_text(json.dumps(result, indent=2) + "\n")
+    partial.replace(out)
     return result
 
 
@@ -338,6 +342,7 @@ def main() -> None:
     r = commands.add_parser("report", help="gather the steps' figures and the targets into one JSON file")
     r.add_argument("--work", required=True, type=Path)
     r.add_argument("--out", required=True)
+    r.add_argument("--quiet", action="store_true", help="write the file only, without the summary")
     args = parser.parse_args()
     if args.command == "prepare":
         prepare(args.out, args.work, args.smoke, args.model_config)
@@ -346,8 +351,9 @@ def main() -> None:
                                   args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd))
     else:
         result = report(args.work, args.out)
-        print(summary(result))
-        print(f"wrote {args.out}")
+        if not args.quiet:
+            print(summary(result))
+            print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check: one command, offline, under 8 minutes on one H100/H200. On a random
-# MPNet-base-sized model (benchmarks/configs/mpnet-base.json) and the packaged corpora it runs
+# MPNet-base-sized model (benchmarks/configs/mpnet-base.json) and packaged corpora it runs
 #   1. fit      a bf16 `lightning fit` of configs/paper/crop.yaml for 40 steps (probes, MTEB offline-fast)
 #   2. train_throughput[_compile]  benchmarks/train_throughput.py --device cuda, eager and --compile
 #   3. cached_memory  benchmarks/cached_memory.py --device cuda: plain 64 pairs vs GradCache 1024 pairs
@@ -8,7 +8,9 @@
 # samples/s, tokens/s, MFU, peak memory) and the targets into one JSON file.
 #
 #   bash benchmarks/gpu_check.sh [--out gpu_check.json]     # one GPU
-#   bash benchmarks/gpu_check.sh --smoke [--out FILE]         # the same steps on the CPU, tiny model, ~1 min
+#   bash benchmarks/gpu_check.sh --smoke [--out FILE]       # the same steps on the CPU, tiny model, ~1-2 min
+#
+# Options: --out FILE (default gpu_check.json), --smoke, --help. Details: docs/performance.md#gpu-check
 set -uo pipefail
 
 usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }
@@ -61,7 +63,11 @@ fi
 
 $python benchmarks/gpu_check.py prepare --out "$out" --work "$work" --model-config "$model_config" \
     $([ $smoke = 1 ] && echo --smoke) || exit $?
-step() { $python benchmarks/gpu_check.py step --work "$work" --device $device --name "$1" --limit "$2" -- "${@:3}"; }
+# Each step is followed by the JSON file so far: a check cut short still leaves the steps it ran.
+step() {
+    $python benchmarks/gpu_check.py step --work "$work" --device $device --name "$1" --limit "$2" -- "${@:3}"
+    $python benchmarks/gpu_check.py report --work "$work" --out "$out" --quiet
+}
 
 # configs/paper/crop.yaml with its hub and hardware dependencies replaced: the random model, the
 # packaged BBC News as jsonl files for data/*.jsonl, every output under the work folder (events

@@ -54,14 +54,13 @@ def test_smoke_run_writes_every_figure(tmp_path):
     assert fit["steps_per_s"] == pytest.approx(1 / fit["step_time_s"], rel=0.01)
     assert fit["samples_per_s"] == pytest.approx(8 / fit["step_time_s"], rel=0.01)
     assert fit["epoch_steps"] == 3000 and fit["epoch_s"] == pytest.approx(3000 * fit["step_time_s"], rel=0.01)
-    assert fit["throughput_monitor_samples_per_s"] > 0
+    assert fit["throughput_monitor_samples_per_s"] > 0 and fit["throughput_monitor_tokens_per_s"] > 0
     assert fit["mteb_evaluations"] == 2 and 0 <= fit["mteb_mean"] <= 1  # at the start and at step 12
     assert fit["probe_evaluations"] == 3 and 0 <= fit["probe_knn_acc"] <= 1  # steps 0, 6 and 12
 
     for name in ("train_throughput", "train_throughput_compile"):
         figures = steps[name]["figures"]
         assert figures["samples_per_s"] > 0 and figures["vs_sentence_transformers"] > 0, name
-        assert figures["mfu"] is None  # printed on CUDA only
         assert isinstance(figures["json"], dict)
     assert "--compile" in steps["train_throughput_compile"]["command"]
     assert "--compile" not in steps["train_throughput"]["command"]
@@ -74,7 +73,6 @@ def test_smoke_run_writes_every_figure(tmp_path):
     targets = result["targets"]
     assert set(targets) == {"mfu_bf16", "epoch_24k_batch64_s"}
     assert targets["epoch_24k_batch64_s"]["value"] == fit["epoch_s"]
-    assert targets["mfu_bf16"]["value"] is None
     assert all(t["met"] is None and "smoke" in t["note"] for t in targets.values())
 
 
