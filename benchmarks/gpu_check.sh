@@ -58,7 +58,7 @@ else
     compile_env=()
     compile_args=(--warmup 3 --repeats 1)
     cached_args=(--device cuda)
-    limits=(200 80 120 60)
+    limits=(180 100 120 60)
 fi
 
 $python benchmarks/gpu_check.py prepare --out "$out" --work "$work" --model-config "$model_config" \

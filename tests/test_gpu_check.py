@@ -55,7 +55,7 @@ def test_smoke_run_writes_every_figure(tmp_path):
     assert fit["samples_per_s"] == pytest.approx(8 / fit["step_time_s"], rel=0.01)
     assert fit["epoch_steps"] == 3000 and fit["epoch_s"] == pytest.approx(3000 * fit["step_time_s"], rel=0.01)
     assert fit["throughput_monitor_samples_per_s"] > 0 and fit["throughput_monitor_tokens_per_s"] > 0
-    assert fit["mteb_evaluations"] == 2 and 0 <= fit["mteb_mean"] <= 1  # at the start and at step 12
+    assert fit["mteb_evaluations"] == 2 and -1 <= fit["mteb_mean"] <= 1  # at the start and at step 12 (a Spearman)
     assert fit["probe_evaluations"] == 3 and 0 <= fit["probe_knn_acc"] <= 1  # steps 0, 6 and 12
 
     for name in ("train_throughput", "train_throughput_compile"):
