@@ -72,6 +72,24 @@ def check_length(option: str, value: int, backbone: nn.Module | int | None, mode
         raise ConfigError(f"{option}: expected at most {limit} tokens (the position limit of '{model}'), got {value}")
 
 
+def check_span_length(view, max_length: int, body: int, length_option: str = "data.max_length",
+                      where: str = "") -> None:
+    """A ``TokenCrops`` view's longest span fits the ``body`` tokens a view keeps at ``max_length``
+    besides its special tokens; the collator would cut a longer one, breaking the spans' ratios."""
+    from lightning_app.data.views import TokenCrops
+
+    if not isinstance(view, TokenCrops) or view.longest_span() <= body:
+        return
+    special = max_length - body
+    fits = next((c for c in range(view.chunk_tokens - 1, 0, -1) if view.longest_span(c) <= body), None)
+    expected = f"chunk_tokens <= {fits} at {length_option} {max_length}, or " if fits else ""
+    needed = view.longest_span() + special
+    raise ConfigError(
+        f"data.view.init_args.chunk_tokens{where}: expected {expected}{length_option} >= {needed} "
+        f"(the longest TokenCrops span, ratio_max {view.ratio_max} x chunk_tokens {view.chunk_tokens} = "
+        f"{view.longest_span()} tokens, must fit the {max(body, 0)} a view keeps besides its {special} special tokens)")
+
+
 def check_fit(trainer, module, datamodule) -> None:
     """Before ``fit``: every token length the run uses fits the model, and the contrastive batch has
     negatives (at least 2 pairs, counted over all devices when negatives are gathered)."""

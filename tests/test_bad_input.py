@@ -83,6 +83,11 @@ CASES = {
                        "data.view (SentenceCrops): min_chars..max_chars: expected 0 <= min_chars <= max_chars, got 300..100"),
     "fit-view-ratio": ("fit", lambda p, r: ["--data.view", "lightning_app.data.views.TokenCrops", "--data.view.ratio_min", "0.9",
                                             "--data.view.ratio_max", "0.5"], "data.view (TokenCrops): ratio_min..ratio_max: expected"),
+    "fit-view-chunk": ("fit", lambda p, r: ["--data.view", "lightning_app.data.views.TokenCrops", "--data.view.chunk_tokens", "0"],
+                       "data.view (TokenCrops): chunk_tokens: expected >= 1, got 0"),
+    "fit-view-span": ("fit", lambda p, r: ["--data.view", "lightning_app.data.views.TokenCrops"],
+                      "data.view.init_args.chunk_tokens: expected chunk_tokens <= 252 at data.max_length 128, "
+                      "or data.max_length >= 130 (the longest TokenCrops span, ratio_max 0.5 x chunk_tokens 256 = 128 tokens"),
     "fit-callback": ("fit", lambda p, r: ["--mteb.every_n_steps=0"], "mteb.every_n_steps: expected >= 1, got 0"),
     "fit-probe-corpus": ("fit", lambda p, r: probe(p["unlabelled.jsonl"]), "probe corpus 'mine': label_field: 'topic' is not a column of '"),
     "fit-probe-small": ("fit", lambda p, r: probe(p["labelled.jsonl"]), "expected at least k+1 = 11 in each split"),
@@ -121,6 +126,9 @@ CASES = {
     "reproduce-roberta-length": ("reproduce", lambda p, r: [f"--model={p['roberta']}", "--budget.max_length=64",
                                                             "--budget.probe_max_length=129"],
                                  "budget.probe_max_length: expected at most 128 tokens"),
+    "reproduce-token-span": ("reproduce", lambda p, r: ["--budget.max_length=64"],
+                             "data.view.init_args.chunk_tokens ({root}/configs/token_crop.yaml): expected chunk_tokens <= 124 "
+                             "at budget.max_length 64, or budget.max_length >= 128"),
     "reproduce-mteb-length": ("reproduce", lambda p, r: ["--mteb_max_seq_length=521"], "mteb_max_seq_length: expected at most 520"),
     "reproduce-corpus": ("reproduce", lambda p, r: [f"--corpus={p['folder']}/none.jsonl"], "data.source: file not found: '"),
     "reproduce-steps": ("reproduce", lambda p, r: ["--budget.steps=0"], "budget.steps: expected >= 1, 'epoch' or null (the recipe's), got 0"),
@@ -165,7 +173,7 @@ def test_bad_input_is_one_line_exit_2_and_the_run_folder_is_untouched(case, inpu
     errors = [line for line in err if line.startswith("error:")]
     assert done.value.code == 2, err[-5:]
     assert len(errors) == 1 and err[-1] == errors[0], err[-5:]
-    for name, value in inputs.items():
+    for name, value in {**inputs, "root": str(ROOT)}.items():
         message = message.replace("{" + name + "}", value)
     assert message in errors[0], errors[0]
     assert snapshot(runs) == before

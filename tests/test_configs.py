@@ -50,6 +50,10 @@ def shrink_fit(config: dict, run_dir: Path, model: str, corpus: str) -> dict:
         data["source"] = corpus
     data.update(max_length=min(data["max_length"], 64), batch_size=4, num_workers=min(data["num_workers"], 1),
                 shuffle_buffer=100, val_documents=16)
+    view = data["view"]
+    if view["class_path"].endswith(".TokenCrops"):  # the longest span fits the 62 tokens a 64-token view keeps
+        view["init_args"]["chunk_tokens"] = min(view["init_args"]["chunk_tokens"],
+                                                int((data["max_length"] - 2) / view["init_args"]["ratio_max"]))
     for callback in trainer["callbacks"]:
         name, args = callback["class_path"].rsplit(".", 1)[1], callback.setdefault("init_args", {})
         if name == "LayerProbe":

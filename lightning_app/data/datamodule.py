@@ -10,9 +10,11 @@ from functools import partial
 from datasets.distributed import split_dataset_by_node
 from jsonargparse import lazy_instance
 from lightning import LightningDataModule
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
 
+from lightning_app.checks import check_span_length
 from lightning_app.data.collate import PairCollator
 from lightning_app.data.guard import GuardedDocuments
 from lightning_app.data.pairs import document_pairs, held_out, token_ids
@@ -43,8 +45,11 @@ class ContrastiveDataModule(LightningDataModule):
         tokenizer: tokenizer name or folder; linked to ``model.model`` by the CLI.
         max_length: tokens per view, special tokens included.
         batch_size: pairs per batch and device (each pair is two rows).
-        length_buckets: training batches sorted together by length, so each pads little
-            (``regroup_by_length``); 1 keeps the stream's order. Validation batches are never bucketed.
+        length_buckets: opt-in: group training batches by length across this many batches
+            (``regroup_by_length``), so each pads little. It changes which in-batch negatives a pair
+            sees (no longer the paper's random ones), hence a warning; 1 (the default) keeps the
+            stream's random batches, whose padding the model's in-batch cut (``model.tokens_per_chunk``)
+            already removes. Validation batches are never bucketed.
         num_workers: dataloader worker processes (tokenization runs there).
         shuffle_buffer: documents shuffled together: the stream is permuted in windows of this
             many documents, with a new permutation each epoch.
@@ -58,7 +63,7 @@ class ContrastiveDataModule(LightningDataModule):
     def __init__(self, source: str = "packaged:bbcnews", view: View = lazy_instance(SentenceCrops),
                  text_field: str = "text", subset: str | None = None, split: str = "train",
                  sample_by: str = "document", tokenizer: str = "packaged:minilm", max_length: int = 128,
-                 batch_size: int = 32, length_buckets: int = 16, num_workers: int = 1, shuffle_buffer: int = 1000,
+                 batch_size: int = 32, length_buckets: int = 1, num_workers: int = 1, shuffle_buffer: int = 1000,
                  val_fraction: float = 0.05, val_documents: int = 256, check_documents: int = 200,
                  seed: int = 42, trust_remote_code: bool = False) -> None:
         super().__init__()
@@ -70,6 +75,9 @@ class ContrastiveDataModule(LightningDataModule):
             raise ConfigError(f"data.max_length: expected >= 3 tokens, got {max_length}")
         if not 0 <= val_fraction < 1:
             raise ConfigError(f"data.val_fraction: expected 0 <= val_fraction < 1, got {val_fraction}")
+        if length_buckets > 1:
+            rank_zero_warn(f"data.length_buckets {length_buckets}: batches are grouped by length, which changes the "
+                           "in-batch negatives (not the paper's random ones); 1 turns it off", category=UserWarning)
         self.save_hyperparameters(ignore=["view"])
         self.view = view
         self.train_pairs: PairStream | None = None
@@ -81,6 +89,7 @@ class ContrastiveDataModule(LightningDataModule):
         hp = self.hparams
         self.tokenizer = load_tokenizer(hp.tokenizer, hp.trust_remote_code)
         self.collate = PairCollator(self.tokenizer, hp.max_length)
+        check_span_length(self.view, hp.max_length, self.collate.body)
         documents = open_corpus(hp.source, hp.text_field, subset=hp.subset, split=hp.split,
                                 sample_by=hp.sample_by, trust_remote_code=hp.trust_remote_code)
         self._check_pairs(documents)

@@ -6,6 +6,7 @@ Views see token ids without special tokens; the collator adds those and truncate
 
 from __future__ import annotations
 
+import math
 import random
 import re
 from abc import ABC, abstractmethod
@@ -42,16 +43,21 @@ class SentenceCrops(View):
     """The paper's crops: two different random crops, each ``sentences_per_crop`` consecutive
     sentences among those of ``min_chars``..``max_chars`` characters.
 
-    Crops do not overlap: the qualifying sentences are cut into consecutive groups, so the two
-    views of a pair never share a sentence. Documents with fewer than two crops are skipped.
+    With ``overlap`` (the paper's training code) a crop starts at every qualifying sentence: it and
+    the next ``sentences_per_crop - 1`` qualifying ones, so crops overlap and a pair may share a
+    sentence; a document with 3 qualifying sentences gives 2 crops. Without it the qualifying
+    sentences are cut into consecutive groups, so the two views never share a sentence (a document
+    needs 4). Documents with fewer than two crops are skipped.
 
     Args:
         min_chars: shortest sentence kept, in characters.
         max_chars: longest sentence kept, in characters.
         sentences_per_crop: qualifying sentences in one crop.
+        overlap: sliding crops (one per qualifying sentence) instead of disjoint groups.
     """
 
-    def __init__(self, min_chars: int = 100, max_chars: int = 250, sentences_per_crop: int = 2) -> None:
+    def __init__(self, min_chars: int = 100, max_chars: int = 250, sentences_per_crop: int = 2,
+                 overlap: bool = True) -> None:
         if not 0 <= min_chars <= max_chars:
             raise ValueError(f"min_chars..max_chars: expected 0 <= min_chars <= max_chars, "
                              f"got {min_chars}..{max_chars}")
@@ -60,12 +66,13 @@ class SentenceCrops(View):
         self.min_chars = min_chars
         self.max_chars = max_chars
         self.sentences_per_crop = sentences_per_crop
+        self.overlap = overlap
 
     def crops(self, text: str) -> list[str]:
         """All crops of ``text``, in document order."""
         kept = [s for s in split_sentences(text) if self.min_chars <= len(s) <= self.max_chars]
         n = self.sentences_per_crop
-        return [" ".join(kept[i:i + n]) for i in range(0, len(kept) - n + 1, n)]
+        return [" ".join(kept[i:i + n]) for i in range(0, len(kept) - n + 1, 1 if self.overlap else n)]
 
     def pair(self, text: str, tokenize: Tokenize, rng: random.Random) -> Pair | None:
         crops = self.crops(text)
@@ -76,22 +83,35 @@ class SentenceCrops(View):
 
 
 class TokenCrops(View):
-    """Contriever's independent cropping: two random spans of the tokenized document, each
-    ``ratio_min``..``ratio_max`` of its length, placed independently (they may overlap).
+    """Contriever's independent cropping: two random spans of one random window of ``chunk_tokens``
+    consecutive tokens (the whole document if shorter), each ``ratio_min``..``ratio_max`` of the
+    window's length, placed independently (they may overlap).
+
+    Contriever cuts documents into chunks (256 tokens) and crops within one, so the ratios hold on
+    long documents too; the data module checks that the longest span fits ``data.max_length``.
 
     Args:
-        ratio_min: shortest span as a fraction of the document's tokens.
-        ratio_max: longest span as a fraction of the document's tokens.
+        ratio_min: shortest span as a fraction of the window's tokens.
+        ratio_max: longest span as a fraction of the window's tokens.
         min_tokens: documents with fewer tokens are skipped.
+        chunk_tokens: tokens in the window both spans are drawn from.
     """
 
-    def __init__(self, ratio_min: float = 0.1, ratio_max: float = 0.5, min_tokens: int = 2) -> None:
+    def __init__(self, ratio_min: float = 0.1, ratio_max: float = 0.5, min_tokens: int = 2,
+                 chunk_tokens: int = 256) -> None:
         if not 0 < ratio_min <= ratio_max <= 1:
             raise ValueError(f"ratio_min..ratio_max: expected 0 < ratio_min <= ratio_max <= 1, "
                              f"got {ratio_min}..{ratio_max}")
+        if chunk_tokens < 1:
+            raise ValueError(f"chunk_tokens: expected >= 1, got {chunk_tokens}")
         self.ratio_min = ratio_min
         self.ratio_max = ratio_max
         self.min_tokens = max(min_tokens, 1)
+        self.chunk_tokens = chunk_tokens
+
+    def longest_span(self, chunk_tokens: int | None = None) -> int:
+        """An upper bound on a span's tokens: ``ratio_max`` of a full window, rounded half up."""
+        return max(1, math.floor(self.ratio_max * (chunk_tokens or self.chunk_tokens) + 0.5))
 
     def span(self, ids: list[int], rng: random.Random) -> list[int]:
         length = max(1, round(rng.uniform(self.ratio_min, self.ratio_max) * len(ids)))
@@ -102,6 +122,9 @@ class TokenCrops(View):
         ids = tokenize(text)
         if len(ids) < self.min_tokens:
             return None
+        if len(ids) > self.chunk_tokens:  # a shorter document is its own window (no draw)
+            start = rng.randint(0, len(ids) - self.chunk_tokens)
+            ids = ids[start:start + self.chunk_tokens]
         return self.span(ids, rng), self.span(ids, rng)
 
 
@@ -116,8 +139,8 @@ class Dropout(SentenceCrops):
     """
 
     def __init__(self, min_chars: int = 100, max_chars: int = 250, sentences_per_crop: int = 2,
-                 whole_document: bool = False) -> None:
-        super().__init__(min_chars, max_chars, sentences_per_crop)
+                 overlap: bool = True, whole_document: bool = False) -> None:
+        super().__init__(min_chars, max_chars, sentences_per_crop, overlap)
         self.whole_document = whole_document
 
     def pair(self, text: str, tokenize: Tokenize, rng: random.Random) -> Pair | None:

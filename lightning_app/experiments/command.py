@@ -13,8 +13,10 @@ from pathlib import Path
 import torch
 import yaml
 
-from lightning_app.checks import check_length, config_position_limit
+from lightning_app.checks import check_length, check_span_length, config_position_limit
+from lightning_app.data.collate import special_tokens
 from lightning_app.data.sources import open_corpus
+from lightning_app.data.views import TokenCrops
 from lightning_app.errors import ConfigError
 from lightning_app.experiments.grid import (ALL_SETTINGS, RECIPES, UNTRAINED, Budget, Cell, Hardware, plan, recipe_file,
                                             resolved)
@@ -23,6 +25,21 @@ from lightning_app.experiments.logs import read_mteb
 from lightning_app.experiments.report import collect, write_report
 from lightning_app.experiments.slurm import Slurm, check_slurm, submit
 from lightning_app.model.encoder import model_config
+from lightning_app.packaged import load_tokenizer
+
+
+def check_token_crops(recipe: Path, model: str, max_length: int | None) -> None:
+    """The token-crop recipe's longest span fits the cells' tokens per view (its own or the
+    budget's), checked before any cell runs."""
+    config = resolved(recipe)
+    view = config["data"]["view"]
+    if view["class_path"] != f"{TokenCrops.__module__}.TokenCrops":
+        return
+    length_option, length = ("budget.max_length", max_length) if max_length else ("data.max_length",
+                                                                                   config["data"]["max_length"])
+    prefix, suffix = special_tokens(load_tokenizer(model))
+    check_span_length(TokenCrops(**view.get("init_args", {})), length, length - len(prefix) - len(suffix),
+                      length_option, where=f" ({recipe})")
 
 
 def corpus_name(corpus: str) -> str:
@@ -156,6 +173,8 @@ def reproduce_command(*, corpus: str = "packaged:bbcnews", text_field: str = "te
         steps = base["trainer"]["max_steps"] if budget.steps is None else budget.steps
     if steps < 1:
         raise ConfigError(f"budget.steps: expected >= 1, 'epoch' or null (the recipe's), got {steps}")
+    if "token_crops" in settings:
+        check_token_crops(files["token_crops"], model, budget.max_length)
     # What every cell runs on: the hardware options, else the recipe's trainer and data settings.
     runs_on = Hardware(accelerator=hardware.accelerator or base["trainer"]["accelerator"],
                        devices=hardware.devices or base["trainer"]["devices"],

@@ -11,6 +11,7 @@ from torch.nn import functional as F
 from transformers import get_linear_schedule_with_warmup
 
 from lightning_app.errors import ConfigError
+from lightning_app.model.chunking import by_length, chunked_embeddings
 from lightning_app.model.encoder import Encoder, Pooling
 from lightning_app.model.gradcache import cached_embeddings
 from lightning_app.model.loss import info_nce
@@ -40,9 +41,15 @@ class ContrastiveModule(LightningModule):
             weights (seeded by ``seed_everything``).
         config_overrides: fields of the model's config to change (see ``Encoder``), e.g. a smaller
             random-init BERT.
+        tokens_per_chunk: the in-batch padding cut: the batch's rows are sorted by length and
+            embedded in chunks of at most this many padded tokens (rows x the chunk's longest row),
+            each padded only to its own longest row, then put back in the batch's order; the loss
+            and its negatives are those of one padded forward. None: one forward padded to the
+            batch's longest row.
         cache_chunk_size: embed the training batch in chunks of this many rows (views) with
             GradCache, so a large batch needs the activation memory of one chunk (at the cost of a
-            second forward); None embeds the batch at once. Single device only.
+            second forward); rows are sorted by length first, so each chunk pads little. None embeds
+            the batch without GradCache. Single device only.
     """
 
     def __init__(self, model: str = "packaged:minilm", pooling: Pooling = "mean", normalize: bool = False,
@@ -50,7 +57,7 @@ class ContrastiveModule(LightningModule):
                  gather_negatives: bool = True, optimizer: Literal["adam", "adamw"] = "adam",
                  lr: float = 2e-5, weight_decay: float = 0.0, warmup_fraction: float = 0.1,
                  trust_remote_code: bool = False, attn_implementation: str | None = None,
-                 cache_chunk_size: int | None = None, pretrained: bool = True,
+                 tokens_per_chunk: int | None = 4096, cache_chunk_size: int | None = None, pretrained: bool = True,
                  config_overrides: dict | None = None) -> None:
         super().__init__()
         if temperature <= 0:
@@ -59,6 +66,8 @@ class ContrastiveModule(LightningModule):
             raise ConfigError(f"model.warmup_fraction: expected 0..1, got {warmup_fraction}")
         if lr <= 0:
             raise ConfigError(f"model.lr: expected > 0, got {lr}")
+        if tokens_per_chunk is not None and tokens_per_chunk < 1:
+            raise ConfigError(f"model.tokens_per_chunk: expected >= 1 tokens or null, got {tokens_per_chunk}")
         if cache_chunk_size is not None and cache_chunk_size < 1:
             raise ConfigError(f"model.cache_chunk_size: expected >= 1 rows or null, got {cache_chunk_size}")
         self.save_hyperparameters()
@@ -86,13 +95,20 @@ class ContrastiveModule(LightningModule):
         """All devices' rows (gradients flow back to each device's own rows)."""
         return self.all_gather(x, sync_grads=True).flatten(0, 1)
 
+    def embed_rows(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Both views' rows (2B) -> embeddings in the same order: GradCache, the padding cut or one forward."""
+        hp = self.hparams
+        if hp.cache_chunk_size and torch.is_grad_enabled():
+            order, _ = by_length(attention_mask)
+            cached = cached_embeddings(self.encoder, input_ids[order], attention_mask[order], hp.cache_chunk_size)
+            return cached[torch.argsort(order)]
+        if hp.tokens_per_chunk:
+            return chunked_embeddings(self.encoder, input_ids, attention_mask, hp.tokens_per_chunk)
+        return self(input_ids, attention_mask)
+
     def contrastive_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """One forward over both views (2B rows) and the loss with gathered negatives."""
-        chunk = self.hparams.cache_chunk_size
-        if chunk and torch.is_grad_enabled():
-            embeddings = cached_embeddings(self.encoder, batch["input_ids"], batch["attention_mask"], chunk)
-        else:
-            embeddings = self(batch["input_ids"], batch["attention_mask"])
+        """Both views' embeddings (2B rows, the batch's order) and the loss with gathered negatives."""
+        embeddings = self.embed_rows(batch["input_ids"], batch["attention_mask"])
         a, b = embeddings.chunk(2)
         distributed = self.hparams.gather_negatives and self.trainer.world_size > 1
         a_all, b_all = (self._gather(a), self._gather(b)) if distributed else (None, None)

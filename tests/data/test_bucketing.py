@@ -1,4 +1,5 @@
 import random
+import warnings
 
 import pytest
 import torch
@@ -56,3 +57,12 @@ def test_bucketing_trains_on_the_same_pairs_with_less_padding(bbc_jsonl):
     padded = lambda loaded: sum(b["attention_mask"].numel() for b in loaded)  # noqa: E731
     assert padded(bucketed) < 0.9 * padded(plain)
     assert not all(torch.equal(x["input_ids"], y["input_ids"]) for x, y in zip(plain, bucketed))
+
+
+def test_bucketing_is_off_by_default_and_warns_that_it_changes_the_negatives(bbc_jsonl):
+    with pytest.warns(UserWarning, match="data.length_buckets 4: batches are grouped by length, which changes the "
+                                         "in-batch negatives"):
+        make(bbc_jsonl, text_field="body", length_buckets=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        assert make(bbc_jsonl, text_field="body").hparams.length_buckets == 1

@@ -2,7 +2,13 @@ import random
 
 import pytest
 
+from lightning_app.checks import check_span_length
+from lightning_app.data.collate import PairCollator
+from lightning_app.data.pairs import token_ids
+from lightning_app.data.sources import news_articles
 from lightning_app.data.views import Dropout, SentenceCrops, TokenCrops, split_sentences
+from lightning_app.errors import ConfigError
+from lightning_app.packaged import packaged_path
 
 
 def test_split_sentences_keeps_quotes_and_breaks_lines():
@@ -11,14 +17,33 @@ def test_split_sentences_keeps_quotes_and_breaks_lines():
                                      "A new line without a stop", "end."]
 
 
-def test_crops_are_consecutive_qualifying_sentences(bbc_texts):
+def test_crops_start_at_every_qualifying_sentence_by_default(bbc_texts):
     view = SentenceCrops()
+    for text, _ in bbc_texts[:200]:
+        kept = [s for s in split_sentences(text) if 100 <= len(s) <= 250]
+        crops = view.crops(text)
+        assert len(crops) == max(len(kept) - 1, 0)
+        for i, crop in enumerate(crops):
+            assert crop == f"{kept[i]} {kept[i + 1]}"
+
+
+def test_non_overlapping_crops_are_disjoint_groups_of_qualifying_sentences(bbc_texts):
+    view = SentenceCrops(overlap=False)
     for text, _ in bbc_texts[:200]:
         kept = [s for s in split_sentences(text) if 100 <= len(s) <= 250]
         crops = view.crops(text)
         assert len(crops) == len(kept) // 2
         for i, crop in enumerate(crops):
             assert crop == f"{kept[2 * i]} {kept[2 * i + 1]}"
+
+
+def test_three_qualifying_sentences_give_a_pair_only_with_overlapping_crops(tokenizer):
+    sentence = "This sentence is long enough to count as one of the qualifying sentences of the crop rule, the {} one."
+    text = " ".join(sentence.format(word) for word in ("first", "second", "third"))
+    tokenize = lambda s: tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731
+    a, b = SentenceCrops().pair(text, tokenize, random.Random(0))
+    assert "second" in tokenizer.decode(a) and "second" in tokenizer.decode(b) and a != b  # they share a sentence
+    assert SentenceCrops(overlap=False).pair(text, tokenize, random.Random(0)) is None
 
 
 def test_pair_is_two_different_crops_and_short_documents_are_skipped(bbc_texts, tokenizer):
@@ -79,3 +104,79 @@ def test_bad_crop_options(kwargs):
 def test_bad_token_ratios():
     with pytest.raises(ValueError, match="ratio_min..ratio_max"):
         TokenCrops(ratio_min=0.6, ratio_max=0.5)
+    with pytest.raises(ValueError, match="chunk_tokens: expected >= 1, got 0"):
+        TokenCrops(chunk_tokens=0)
+
+
+def test_token_spans_survive_collation_within_the_ratio_of_their_window(bbc_texts, tokenizer):
+    """Long BBC and NewsArticles documents: after the collator (128 tokens), each view is still
+    10-50% of min(document, chunk_tokens) tokens, uncut."""
+    articles = [row["text"] for _, row in zip(range(400), news_articles(packaged_path("packaged:newsarticles")))]
+    texts = [text for text, _ in bbc_texts[::10]] + articles[::2]
+    view, collate = TokenCrops(chunk_tokens=252), PairCollator(tokenizer, max_length=128)
+    check_span_length(view, 128, collate.body)
+    lengths, long_documents = [], 0
+    for i, text in enumerate(texts):
+        ids = token_ids(tokenizer, text)
+        long_documents += len(ids) > 252
+        a, b = view.pair(text, lambda _: ids, random.Random(i))
+        batch = collate([{"a": a, "b": b, "skipped": 0}])
+        bodies = (batch["attention_mask"].sum(1) - 2).tolist()
+        assert bodies == [len(a), len(b)]  # nothing cut
+        window = min(len(ids), 252)
+        for body in bodies:
+            assert 0.1 * window - 1 <= body <= 0.5 * window + 1
+        lengths += bodies
+    assert long_documents > 100 and max(lengths) > 110
+
+
+def test_token_spans_of_a_long_document_lie_in_one_window_anywhere_in_it():
+    ids = list(range(5000, 6000))
+    view, rng = TokenCrops(chunk_tokens=256), random.Random(7)
+    starts, ends = [], []
+    for _ in range(500):
+        a, b = view.pair("ignored", lambda _: ids, rng)
+        first, last = min(ids.index(a[0]), ids.index(b[0])), max(ids.index(a[-1]), ids.index(b[-1]))
+        assert last - first + 1 <= 256
+        for span in (a, b):
+            assert 0.1 * 256 - 1 <= len(span) <= 0.5 * 256 + 1
+            assert span == ids[ids.index(span[0]):ids.index(span[0]) + len(span)]
+        starts.append(first)
+        ends.append(last)
+    assert min(starts) < 50 and max(ends) > len(ids) - 50  # windows cover the whole document
+
+
+def test_token_spans_of_a_document_shorter_than_the_window_are_drawn_as_before():
+    """A document of at most chunk_tokens tokens is its own window: the same pairs as spans of
+    10-50% of the whole document drawn with the same generator."""
+    def whole_document_spans(ids, rng):
+        spans = []
+        for _ in range(2):
+            length = max(1, round(rng.uniform(0.1, 0.5) * len(ids)))
+            start = rng.randint(0, len(ids) - length)
+            spans.append(ids[start:start + length])
+        return tuple(spans)
+
+    for n in (2, 17, 255, 256):
+        ids = list(range(n))
+        for seed in range(20):
+            pair = TokenCrops(chunk_tokens=256).pair("x", lambda _: ids, random.Random(seed))
+            assert pair == whole_document_spans(ids, random.Random(seed))
+
+
+@pytest.mark.parametrize("ratio_max", [0.5, 0.3, 1.0])
+def test_span_length_check_names_the_largest_window_that_fits(ratio_max):
+    too_long = TokenCrops(ratio_max=ratio_max, chunk_tokens=2000)
+    with pytest.raises(ConfigError) as refused:
+        check_span_length(too_long, 128, 126)
+    message = str(refused.value)
+    assert message.startswith("data.view.init_args.chunk_tokens: expected chunk_tokens <= ")
+    fits = int(message.split("<= ")[1].split()[0])
+    assert f"at data.max_length 128, or data.max_length >= {too_long.longest_span() + 2} " in message
+    check_span_length(TokenCrops(ratio_max=ratio_max, chunk_tokens=fits), 128, 126)
+    with pytest.raises(ConfigError):
+        check_span_length(TokenCrops(ratio_max=ratio_max, chunk_tokens=fits + 1), 128, 126)
+    # the bound holds for every span drawn from a full window
+    view, ids = TokenCrops(ratio_min=0.1, ratio_max=ratio_max, chunk_tokens=fits), list(range(3 * fits))
+    rng = random.Random(0)
+    assert max(len(span) for _ in range(300) for span in view.pair("x", lambda _: ids, rng)) <= 126

@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lightning_app.checks import check_span_length
 from lightning_app.cli import main
+from lightning_app.data.views import TokenCrops
 from lightning_app.experiments.grid import ALL_SETTINGS, RECIPES, Budget, Hardware, plan, recipe_file, resolved
 from lightning_app.experiments.logs import read_scalars
 from lightning_app.probes.tags import layer_series
@@ -186,6 +188,9 @@ def test_a_cell_is_its_recipe_plus_the_grid_budget(tmp_path, tiny_model):
     path.write_text(yaml.safe_dump(cell.config))
     config, recipe = resolved(path), resolved(recipes["crops"])
     assert config["data"]["view"]["class_path"] == "lightning_app.data.views.TokenCrops"
+    # the recipe's window keeps its longest span within the cell's tokens per view ([CLS] and [SEP] aside)
+    max_length = config["data"]["max_length"]
+    check_span_length(TokenCrops(**config["data"]["view"]["init_args"]), max_length, max_length - 2)
     assert (config["trainer"]["max_steps"], config["model"]["lr"], config["seed_everything"]) == (7, 1e-3, 3)
     assert config["trainer"]["accelerator"] == "cpu" and config["probe"]["corpora"][0]["max_documents"] == 100
     for section, key in (("model", "temperature"), ("model", "warmup_fraction"), ("data", "batch_size"),
