@@ -1,16 +1,27 @@
-"""Pairs/s that the DataModule delivers against pairs/s that training consumes.
+"""Does the data pipeline keep training fed? Training pairs/s fed by the DataModule (its workers
+streaming, cropping, tokenizing and collating while the model trains) against training pairs/s fed
+the very same batches pre-collated in memory.
 
-The DataModule streams the packaged corpus from several jsonl shards with its workers (views and
-tokenization run there, then length bucketing and collation), timed in steady state after the
-first batch. Training consumption is our Lightning step on the DataModule's own first batches,
-measured in the same process (see train_throughput.py).
+Both are a ``Trainer.fit`` of the default model for ``--steps`` steps in this process, timed from
+``on_fit_start`` (before the training dataloader is created: worker start and the first shuffle
+window's fill are included) to the end of the last step. The DataModule's workers compete with
+training for the same cores; the memory-fed run has no worker. The batches are the DataModule's
+first ``--steps`` batches, collected beforehand, so both train on identical batches (checked by
+their token counts). Repeats alternate which runs first. Figure: ``ratio`` = DataModule-fed /
+memory-fed training pairs/s (target >= 0.97), medians over the repeats.
 
-    python benchmarks/data_throughput.py
+Also the DataModule alone: pairs/s it delivers for crops and token crops (several jsonl shards,
+``--delivery-workers`` workers, batch 64), timed from the first request (the iterator's creation,
+so window fill included), and that figure over the memory-fed training pairs/s.
+
+    python benchmarks/data_throughput.py                 # 10 steps x 2 repeats, the default recipe's data
+    python benchmarks/data_throughput.py --steps 30      # the default run's length
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import shutil
 import statistics
@@ -19,63 +30,123 @@ import tempfile
 import time
 from types import SimpleNamespace
 
+import lightning as L
 import torch
+from torch.utils.data import DataLoader
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.common import emit, write_jsonl_shards  # noqa: E402
-from benchmarks.train_throughput import time_ours  # noqa: E402
 from lightning_app.data.datamodule import ContrastiveDataModule  # noqa: E402
 from lightning_app.data.views import SentenceCrops, TokenCrops  # noqa: E402
-from lightning_app.packaged import resolve_model  # noqa: E402
+from lightning_app.model.module import ContrastiveModule  # noqa: E402
+
+DEFAULTS = {name: p.default for name, p in inspect.signature(ContrastiveDataModule).parameters.items()}
 
 
-def delivered(source: str, view, args) -> tuple[float, list[dict]]:
-    """Pairs/s of the training dataloader after its first batch, and its first batches."""
-    dm = ContrastiveDataModule(source=source, view=view, batch_size=args.batch_size, num_workers=args.workers,
-                               max_length=args.max_length)
-    dm.trainer = SimpleNamespace(global_rank=0, world_size=1, max_steps=10**6, accumulate_grad_batches=1)
+def load() -> str:
+    return open("/proc/loadavg").read().split()[0]
+
+
+def attach(dm: ContrastiveDataModule, max_steps: int) -> ContrastiveDataModule:
+    dm.trainer = SimpleNamespace(global_rank=0, world_size=1, max_steps=max_steps, accumulate_grad_batches=1)
     dm.setup("fit")
-    loader = iter(dm.train_dataloader())
-    first = [next(loader)]
+    return dm
+
+
+def delivered(source: str, view, args) -> float:
+    """Pairs/s of the training dataloader from the first request (iterator creation) on."""
+    dm = attach(ContrastiveDataModule(source=source, view=view, batch_size=64, num_workers=args.delivery_workers,
+                                      max_length=args.max_length), 10**6)
     start = time.perf_counter()
+    loader = iter(dm.train_dataloader())
     for _ in range(args.batches):
-        first.append(next(loader))
-    return args.batches * args.batch_size / (time.perf_counter() - start), first
+        next(loader)
+    return args.batches * 64 / (time.perf_counter() - start)
+
+
+class FitTimer(L.Callback):
+    """Seconds from ``on_fit_start`` to the end of the last training step, and the tokens trained on."""
+
+    def __init__(self) -> None:
+        self.tokens = 0
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.tokens += batch["tokens"]
+        self.seconds = time.perf_counter() - self.start
+
+
+def fit(data, steps: int) -> tuple[float, int]:
+    """A ``steps``-step fit of the default model on ``data`` (a DataModule or a DataLoader): seconds, tokens."""
+    timer = FitTimer()
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        num_sanity_val_steps=0, callbacks=[timer])
+    module = ContrastiveModule()
+    if isinstance(data, ContrastiveDataModule):
+        trainer.fit(module, datamodule=data)
+    else:
+        trainer.fit(module, train_dataloaders=data)
+    return timer.seconds, timer.tokens
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=10, help="training steps per fit")
+    parser.add_argument("--repeats", type=int, default=2, help="fits of each kind, interleaved")
+    parser.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
+    parser.add_argument("--workers", type=int, default=DEFAULTS["num_workers"], help="workers of the DataModule-fed fit")
+    parser.add_argument("--max-length", type=int, default=DEFAULTS["max_length"])
+    parser.add_argument("--delivery-workers", type=int, default=2)
     parser.add_argument("--shards", type=int, default=4)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--max-length", type=int, default=128)
-    parser.add_argument("--batches", type=int, default=40, help="timed batches of the dataloader")
-    parser.add_argument("--steps", type=int, default=2, help="timed training steps (after one warm-up)")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--batches", type=int, default=40, help="batches timed for the delivery figure")
     args = parser.parse_args()
+    print(f"{os.cpu_count()} cores, {torch.get_num_threads()} torch threads; training: {args.steps} steps of "
+          f"{args.batch_size} pairs, {args.workers} worker(s); load average {load()}", flush=True)
+
+    def datamodule() -> ContrastiveDataModule:
+        return ContrastiveDataModule(batch_size=args.batch_size, num_workers=args.workers, max_length=args.max_length)
+
+    collect = attach(datamodule(), args.steps)
+    batches = [batch for _, batch in zip(range(args.steps), collect.train_dataloader())]
+    del collect
+    memory = DataLoader(batches, batch_size=None)
+    expected = sum(batch["tokens"] for batch in batches)
+    rates = {"datamodule": [], "memory": []}
+    for repeat in range(args.repeats):
+        for kind in (("datamodule", "memory") if repeat % 2 == 0 else ("memory", "datamodule")):
+            seconds, tokens = fit(datamodule() if kind == "datamodule" else memory, args.steps)
+            if tokens != expected:
+                raise SystemExit(f"{kind}-fed fit trained on {tokens} tokens, the collected batches hold {expected}")
+            rates[kind].append(args.steps * args.batch_size / seconds)
+            print(f"repeat {repeat + 1}, {kind}-fed: {seconds:.1f} s, {rates[kind][-1]:.2f} pairs/s "
+                  f"(load average {load()})", flush=True)
+    fed, mem = statistics.median(rates["datamodule"]), statistics.median(rates["memory"])
+    print(f"training pairs/s: DataModule-fed {fed:.2f} (runs {[round(r, 2) for r in rates['datamodule']]}), "
+          f"memory-fed {mem:.2f} (runs {[round(r, 2) for r in rates['memory']]}): {fed / mem:.3f}")
+
     folder = tempfile.mkdtemp(prefix="data-throughput-")
-    print(f"{os.cpu_count()} cores, {torch.get_num_threads()} torch threads, {args.workers} workers, "
-          f"load average {os.getloadavg()[0]:.2f}")
-    results = {}
+    delivery = {}
     try:
         source = write_jsonl_shards(folder, args.shards, repeat=2)
-        for name, view in {"crops": SentenceCrops(), "token_crops": TokenCrops()}.items():
-            data, training = [], []
-            for _ in range(args.repeats):
-                rate, batches = delivered(source, view, args)
-                data.append(rate)
-                times = time_ours(resolve_model("packaged:minilm"), batches[:1 + args.steps], "cpu", warmup=1)
-                training.append(args.batch_size * len(times) / sum(times))
-            results[name] = {"data_pairs_per_s": round(statistics.median(data), 1),
-                             "train_pairs_per_s": round(statistics.median(training), 2),
-                             "ratio": round(statistics.median(data) / statistics.median(training), 1)}
-            print(f"{name}: DataModule {results[name]['data_pairs_per_s']} pairs/s, training "
-                  f"{results[name]['train_pairs_per_s']} pairs/s, ratio {results[name]['ratio']}x "
-                  f"(load average {os.getloadavg()[0]:.2f})", flush=True)
+        # token crops as configs/token_crop.yaml sets them (252-token windows fit max_length 128)
+        for name, view in {"crops": SentenceCrops(), "token_crops": TokenCrops(chunk_tokens=252)}.items():
+            runs = [delivered(source, view, args) for _ in range(args.repeats)]
+            delivery[name] = round(statistics.median(runs), 1)
+            print(f"DataModule alone, {name}: {delivery[name]} pairs/s (runs {[round(r, 1) for r in runs]}; "
+                  f"{args.delivery_workers} workers, {args.shards} shards, batch 64, first request included): "
+                  f"{delivery[name] / mem:.0f}x the memory-fed training (load average {load()})", flush=True)
     finally:
         shutil.rmtree(folder)
-    worst = min(results, key=lambda n: results[n]["ratio"])
-    emit("data_pairs_per_s_vs_training", ratio=results[worst]["ratio"], view=worst, views=results)
+    emit("training_pairs_per_s_datamodule_vs_memory", ratio=round(fed / mem, 3),
+         baseline="the same batches pre-collated in memory, same process and threads",
+         datamodule_pairs_per_s=round(fed, 2), memory_pairs_per_s=round(mem, 2),
+         datamodule_runs=[round(r, 2) for r in rates["datamodule"]], memory_runs=[round(r, 2) for r in rates["memory"]],
+         steps=args.steps, batch_size=args.batch_size, workers=args.workers,
+         delivered_pairs_per_s=delivery,
+         delivered_vs_training=round(min(delivery.values()) / mem, 1))
 
 
 if __name__ == "__main__":

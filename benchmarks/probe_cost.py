@@ -58,9 +58,12 @@ def main() -> None:
     all_layers, last_layer = statistics.median(times["all"]), statistics.median(times["last"])
     print(f"device {device}, {len(token_ids)} documents, max_length {args.max_length}, "
           f"{encoder.num_layers + 1} hidden states")
-    print(f"all layers: {all_layers:.2f} s, last layer: {last_layer:.2f} s (median of {args.repeats})")
+    print(f"all layers: {all_layers:.2f} s, last layer: {last_layer:.2f} s (median of {args.repeats}; runs "
+          f"{[round(t, 2) for t in times['all']]} and {[round(t, 2) for t in times['last']]})")
     print(json.dumps({"metric": "probe_all_layers_vs_last", "ratio": round(all_layers / last_layer, 3),
                       "all_layers_s": round(all_layers, 3), "last_layer_s": round(last_layer, 3),
+                      "all_layers_runs_s": [round(t, 3) for t in times["all"]],
+                      "last_layer_runs_s": [round(t, 3) for t in times["last"]],
                       "documents": len(token_ids), "max_length": args.max_length, "device": device}))
 
 

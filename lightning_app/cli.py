@@ -17,6 +17,7 @@ from lightning_app.data.datamodule import ContrastiveDataModule
 from lightning_app.errors import ConfigError
 from lightning_app.evaluate.callback import MtebCallback
 from lightning_app.export import ExportEncoder, read_checkpoint
+from lightning_app.memory import ReleaseFreedMemory
 from lightning_app.model.module import ContrastiveModule
 from lightning_app.model.throughput import PairThroughput
 from lightning_app.preemption import AtomicCheckpointIO, ContinueLogs, LastIsNewest, StepBoundaryRequeue
@@ -42,9 +43,9 @@ Other commands:  lightning export --help   (checkpoint -> HF / sentence-transfor
 
 class ContrastiveCLI(LightningCLI):
     """LightningCLI whose data module always tokenizes like the model it feeds, whose callbacks
-    are config sections (``SECTIONS``; ``trainer.callbacks`` adds others), and whose trainer
+    are config sections (``SECTIONS``; ``trainer.callbacks`` adds others), whose trainer
     survives preemption (atomic checkpoints, requeue at a step boundary, continuous logs; see
-    ``lightning_app.preemption``)."""
+    ``lightning_app.preemption``) and hands freed memory back between steps (``lightning_app.memory``)."""
 
     def init_parser(self, **kwargs):
         """Parse errors raise (``main`` prints them as one line) instead of printing the usage."""
@@ -60,7 +61,7 @@ class ContrastiveCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
-        trainer.callbacks.extend([StepBoundaryRequeue(), ContinueLogs(), LastIsNewest()])
+        trainer.callbacks.extend([StepBoundaryRequeue(), ContinueLogs(), LastIsNewest(), ReleaseFreedMemory()])
         return trainer
 
     def instantiate_classes(self) -> None:
