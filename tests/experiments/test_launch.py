@@ -189,6 +189,13 @@ def calls(state: Path, command: str) -> list[str]:
     return [line for line in log.read_text().splitlines() if line.startswith(command + " ")] if log.exists() else []
 
 
+def pending(pid: int) -> int:
+    """The signals pending for process ``pid`` (a bit per signal, as in /proc/PID/status)."""
+    status = dict(line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                  if ":\t" in line)
+    return int(status["ShdPnd"], 16) | int(status["SigPnd"], 16)
+
+
 @pytest.mark.timeout(400)
 def test_slurm_array_runs_every_cell_once_requeues_and_resumes_exactly(tmp_path, tiny_model, corpus, sequential,
                                                                        fake_slurm, monkeypatch, capsys):
@@ -208,17 +215,33 @@ def test_slurm_array_runs_every_cell_once_requeues_and_resumes_exactly(tmp_path,
     tasks = json.loads((output / "slurm" / "array-1.json").read_text())["cells"]
     assert [f"{task['setting']}/seed{task['seed']}" for task in tasks] == list(CELLS)
 
-    main(args)  # rerun while the tasks are pending or running: nothing new is submitted
-    assert "nothing to submit: 2 cell(s) pending or running" in capsys.readouterr().out
-    assert len(calls(fake_slurm, "sbatch")) == 1
-
-    # Preempt the second cell after its step-4 checkpoint: SIGUSR1 to its job step, as SLURM sends it.
+    # Both cells' processes are held (SIGSTOP) while the command is rerun, so they are still running
+    # then however fast they are; then the second is preempted after its step-4 checkpoint: it runs in
+    # slices of 0.1 s until that checkpoint exists, gets SIGUSR1 on its job step as SLURM sends it, and
+    # continues once the signal is pending, so the signal lands before step 8 however loaded the
+    # machine is.
     second = output / CELLS[1]
     deadline = time.monotonic() + 300
+    while not all(fit_processes(output / cell) for cell in CELLS):
+        assert time.monotonic() < deadline, "the cells never started"
+        time.sleep(0.01)
+    first_pid, second_pid = (fit_processes(output / cell)[0] for cell in CELLS)
+    for pid in (first_pid, second_pid):
+        os.kill(pid, signal.SIGSTOP)
+    main(args)  # rerun while the tasks run: nothing new is submitted
+    assert "nothing to submit: 2 cell(s) pending or running" in capsys.readouterr().out
+    assert len(calls(fake_slurm, "sbatch")) == 1
+    os.kill(first_pid, signal.SIGCONT)
     while not (second / "checkpoints" / "last.ckpt").exists():
         assert time.monotonic() < deadline, "the second cell never reached its step-4 checkpoint"
+        os.kill(second_pid, signal.SIGCONT)
         time.sleep(0.1)
+        os.kill(second_pid, signal.SIGSTOP)
     subprocess.run(["scancel", "--signal=USR1", "100_1"], check=True)
+    while not pending(second_pid) & (1 << (signal.SIGUSR1 - 1)):  # the task's runner passes it on
+        assert time.monotonic() < deadline, "SIGUSR1 never reached the second cell"
+        time.sleep(0.01)
+    os.kill(second_pid, signal.SIGCONT)
     while queue(fake_slurm):
         assert time.monotonic() < deadline, f"tasks still queued: {queue(fake_slurm)}"
         time.sleep(0.5)
