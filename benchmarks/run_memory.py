@@ -157,6 +157,7 @@ def floor_child(steps: int) -> None:
     import torch
 
     from lightning_app.data.datamodule import ContrastiveDataModule
+    from lightning_app.memory import release_freed_memory
     from lightning_app.model.module import ContrastiveModule
 
     imports = psutil.Process().memory_info().rss
@@ -176,10 +177,11 @@ def floor_child(steps: int) -> None:
             storage = tensor.untyped_storage()
             if storage.data_ptr() not in parameters:
                 saved[storage.data_ptr()] = storage.nbytes()
-            return tensor
+            return tensor.detach()  # the tensor itself would tie a saved output to its own graph: a cycle never freed
 
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
             module.contrastive_step(batch)
+        release_freed_memory()  # hand this graph's freed pages back before the next
         return sum(saved.values())
 
     module.train()
