@@ -15,6 +15,8 @@ def resident_bytes() -> int:
 def test_freed_tensors_stay_resident_until_released():
     # 200 MB of 64 kB tensors (heap blocks: below glibc's mmap threshold), with small tensors kept
     # between them so the freed blocks cannot merge into the heap's top and be trimmed there.
+    # Free pages left by earlier tests would be reused and hide the growth: hand them back first.
+    release_freed_memory()
     start = resident_bytes()
     blocks, kept = [], []
     for _ in range(3200):
