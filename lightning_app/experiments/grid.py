@@ -10,6 +10,7 @@ probes and seeds.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -17,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import time
+from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -93,12 +95,18 @@ def recipe_file(path: str) -> Path:
 
 def resolved(recipe: Path) -> dict:
     """The complete ``lightning fit`` config a recipe file stands for (defaults filled in), as the
-    ``lightning`` command parses it (``--print_config``: nothing is built)."""
-    done = subprocess.run([sys.executable, "-m", "lightning_app", "fit", "--config", str(recipe), "--print_config"],
-                          capture_output=True, text=True)
-    config = yaml.safe_load(done.stdout) if done.returncode == 0 else None
+    ``lightning`` command parses it (``--print_config``: nothing is built), in this process."""
+    from lightning_app.cli import main  # the fit parser (imports Lightning)
+
+    printed, errors, code = io.StringIO(), io.StringIO(), None
+    with redirect_stdout(printed), redirect_stderr(errors):
+        try:
+            main(["fit", "--config", str(recipe), "--print_config"])
+        except SystemExit as done:
+            code = done.code
+    config = yaml.safe_load(printed.getvalue()) if code == 0 else None
     if not isinstance(config, dict):
-        error = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        error = (errors.getvalue().strip().splitlines() or ["no output"])[-1]
         raise ConfigError(f"recipes: '{recipe}' is not a valid `lightning fit` config ({error})")
     return config
 

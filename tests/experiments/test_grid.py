@@ -219,6 +219,19 @@ def test_bad_grid_options(tmp_path, tiny_model, capsys, option, message):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_recipe_that_is_not_a_fit_config_is_named(tmp_path, tiny_model, capsys):
+    recipe = tmp_path / "crop.yaml"
+    recipe.write_text(f"config: {ROOT / 'configs/crop.yaml'}\nmodel:\n  temprature: 0.05\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["reproduce", f"--model={tiny_model}", f"--output={tmp_path / 'out'}",
+              f"--recipes={{crops: {recipe}, dropout: configs/dropout.yaml, token_crops: configs/token_crop.yaml}}"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"recipes: '{recipe}' is not a valid `lightning fit` config" in err[0], err
+    assert "temprature" in err[0]
+    assert not (tmp_path / "out").exists()
+
+
 def test_output_that_is_a_file_is_refused_and_kept(tmp_path, tiny_model, capsys):
     output = tmp_path / "results"
     output.write_text("not a folder")
