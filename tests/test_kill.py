@@ -20,7 +20,7 @@ from lightning import Callback
 from safetensors.torch import load_file
 
 from lightning_app.export import read_checkpoint
-from lightning_app.preemption import AtomicCheckpointIO
+from lightning_app.preemption import AtomicCheckpointIO, LastIsNewest
 from tests.test_cli import ROOT, scalars
 
 STEPS = 24  # not a multiple of the checkpoints' every_n_train_steps (10)
@@ -56,20 +56,29 @@ class StallingCheckpointIO(AtomicCheckpointIO):
 
 
 class MarkStep(Callback):
-    """Writes ``marker`` at the end of training step ``step``: the moment a test sends its signal."""
+    """Writes ``marker`` at the end of training step ``step``: the moment a test sends its signal.
+    With ``hold_for_sigterm`` that step's end waits (up to a minute) until the run has received the
+    SIGTERM, so the signal lands in that step however fast the steps run."""
 
-    def __init__(self, step: int, marker: str) -> None:
+    def __init__(self, step: int, marker: str, hold_for_sigterm: bool = False) -> None:
         self.step = step
         self.marker = marker
+        self.hold_for_sigterm = hold_for_sigterm
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step == self.step:
-            Path(self.marker).write_text(str(self.step))
+        if trainer.global_step != self.step:
+            return
+        Path(self.marker).write_text(str(self.step))
+        if self.hold_for_sigterm:
+            keeper = next(callback for callback in trainer.callbacks if isinstance(callback, LastIsNewest))
+            deadline = time.monotonic() + 60
+            while not keeper.received and time.monotonic() < deadline:
+                time.sleep(0.01)
 
 
-def mark(step: int, marker: Path) -> str:
+def mark(step: int, marker: Path, hold_for_sigterm: bool = False) -> str:
     return ('--trainer.callbacks+={"class_path": "tests.test_kill.MarkStep", '
-            f'"init_args": {{"step": {step}, "marker": "{marker}"}}}}')
+            f'"init_args": {{"step": {step}, "marker": "{marker}", "hold_for_sigterm": {str(hold_for_sigterm).lower()}}}}}')
 
 
 def fit_command(run_dir: Path, model: str, *extra: str, config: str = "crop.yaml") -> list[str]:
@@ -186,13 +195,12 @@ def test_a_sigkill_during_a_checkpoint_write_keeps_the_previous_checkpoint(unint
 def test_sigterm_checkpoints_the_step_it_arrived_in_and_the_resume_is_exact(uninterrupted, tmp_path, tiny_model):
     command = fit_command(tmp_path, tiny_model)
     checkpoints = tmp_path / "crop" / "version_0" / "checkpoints"
-    process = start([*command, mark(13, tmp_path / "reached")])
+    process = start([*command, mark(13, tmp_path / "reached", hold_for_sigterm=True)])
     wait_for(tmp_path / "reached", process)
-    process.send_signal(signal.SIGTERM)  # during step 13's last hooks or step 14
+    process.send_signal(signal.SIGTERM)  # during step 13's last hooks
     process.wait(timeout=300)
     stopped_at = read_checkpoint(checkpoints / "last.ckpt")["global_step"]
-    print(f"SIGTERM after step 13: last.ckpt at step {stopped_at}")
-    assert stopped_at in (13, 14) and os.readlink(checkpoints / "last.ckpt") == f"step{stopped_at:06d}.ckpt"
+    assert stopped_at == 13 and os.readlink(checkpoints / "last.ckpt") == "step000013.ckpt"
     assert not (checkpoints / "step000010.ckpt").exists()  # save_top_k 1: replaced by the newer one
 
     run([*command, f"--ckpt_path={checkpoints / 'last.ckpt'}"])
