@@ -75,7 +75,7 @@ def main() -> None:
     knn = {}
     for arm in arms:
         command = [sys.executable, "-m", "lightning_app", "reproduce", "--config", args.grid,
-                   "--settings", "[untrained, crops]", "--mteb_tasks", "null", "--output", str(output / arm),
+                   "--settings", "[untrained, crops]", "--mteb.tasks", "null", "--output", str(output / arm),
                    "--recipes", json.dumps({"crops": recipe(output / "recipes", arm),
                                             "dropout": "configs/dropout.yaml", "token_crops": "configs/token_crop.yaml"})]
         command += ["--seeds", args.seeds] if args.seeds else []

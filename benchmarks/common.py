@@ -10,15 +10,13 @@ import time
 
 import psutil
 
-from lightning_app.data.sources import read_text
+from lightning_app.data.sources import bbc_news
 from lightning_app.data.views import View
-from lightning_app.packaged import packaged_path
 
 
 def bbc_texts() -> list[str]:
     """Every article of the packaged BBC News corpus, in a fixed order."""
-    folder = packaged_path("packaged:bbcnews")
-    return [read_text(p) for p in sorted(folder.glob("*/*.txt"))]
+    return bbc_news()[0]
 
 
 def text_pairs(view: View, count: int, seed: int = 0) -> list[tuple[str, str]]:

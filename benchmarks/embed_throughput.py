@@ -1,20 +1,23 @@
 """``lightning embed`` against ``SentenceTransformer.encode``, its peak memory on a 2 GB corpus
 against a 200 MB one, and the time of ``--map tsne`` on the 2,225 BBC articles.
 
-1. Throughput: the same texts (the first ``--documents`` BBC articles in a fixed order), the
-   packaged MiniLM, the same max length, batch size and torch threads, in this process, repeated
-   ``--repeats`` times alternately: documents/s of the whole ``lightning embed`` command (model
-   load, weight hash, streaming, Parquet) and of loading + ``SentenceTransformer.encode``, after
-   one untimed warm-up of each (imports, first-call allocations). Also timed: ``lightning embed
-   --precision bf16-mixed`` (bf16 autocast on the CPU; not the default), with the smallest cosine
-   similarity of its embeddings to the float32 ones.
+1. Throughput on equal terms: the same texts (all BBC articles by default, in a fixed order), the
+   same model, max length, batch size, torch threads and precision, in this process, ``--repeats``
+   rounds in which every arm runs once, after one untimed warm-up of each. Documents/s of the whole
+   ``lightning embed`` command (model load, weight hash, streaming, Parquet) and of loading +
+   ``SentenceTransformer.encode``. Arms: float32 on both (``--precision 32``; encode's default),
+   and, where the CPU multiplies bf16 natively, bf16 on both (``--precision bf16-mixed``; encode
+   under ``torch.autocast("cpu", bfloat16)``). ``ratio_equal`` = ours / encode in float32,
+   ``ratio_equal_bf16`` in bf16, ``ratio_default`` = ours at ``--precision auto`` (the arm auto
+   resolves to on this hardware) / encode's default float32; medians of the repeats.
 2. Peak RSS: ``lightning embed`` of a generated 2 GB jsonl and a 200 MB one (numbered copies of
-   the articles), each in its own process, both capped at ``--rss-documents`` rows (embedding
-   2 GB on a 2-core CPU would take about a day): the cap measures the embedding path's own
-   memory on a large file (the source streams it: nothing is read ahead into memory).
+   the articles), each in its own process, both capped at ``--rss-documents`` rows: the cap
+   measures the embedding path's own memory on a large file (the source streams it).
 3. Map: ``lightning embed --map tsne`` of the 2,225 articles; openTSNE's time from meta.json.
 
-    python benchmarks/embed_throughput.py            # last line: JSON, ratio = embed / encode docs/s
+Every repeat is printed with /proc/loadavg; the last line is JSON.
+
+    python benchmarks/embed_throughput.py
 """
 
 from __future__ import annotations
@@ -35,125 +38,190 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.common import PeakRss, bbc_texts, emit  # noqa: E402
 from benchmarks.stream_memory import write_corpus  # noqa: E402
 
-MODEL = "packaged:minilm"
 
-
-def embed(corpus: str, output: str, *extra: str) -> None:
+def embed(model: str, corpus: str, output: str, *extra: str) -> None:
     from lightning_app.cli import main
-    main(["embed", f"--model={MODEL}", f"--corpus={corpus}", f"--output={output}", "--accelerator=cpu",
+    main(["embed", f"--model={model}", f"--source={corpus}", f"--output={output}", "--accelerator=cpu",
           "--devices=1", *extra])
 
 
-def child_rss(corpus: str, output: str, documents: int, max_length: int, batch_size: int) -> None:
-    """Child: embed the first ``documents`` rows and print the peak resident memory."""
+def load_average() -> str:
+    """/proc/loadavg's 1, 5 and 15 minute averages."""
+    return " ".join(open("/proc/loadavg").read().split()[:3])
+
+
+def hardware() -> dict:
+    """The CPU's name and bf16 flags, whether it multiplies bf16 natively, what auto resolves to, torch's threads."""
+    import torch
+
+    from lightning_app.model.precision import BF16_CPU_FLAGS, cpu_flags, native_bf16, resolve_precision
+    names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
+    return {"cpu": names[0] if names else "unknown", "cores": os.cpu_count(),
+            "bf16_flags": sorted(BF16_CPU_FLAGS & cpu_flags()), "bf16_native": native_bf16("cpu"),
+            "auto_precision": resolve_precision("auto", "cpu"), "threads": torch.get_num_threads(),
+            "torch": torch.__version__}
+
+
+def encoder_run(model: str, texts: list[str], args, bf16: bool) -> tuple[float, np.ndarray]:
+    """Seconds to load the model and ``SentenceTransformer.encode`` the texts, and the embeddings."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from lightning_app.packaged import resolve_model
+    start = time.perf_counter()
+    encoder = SentenceTransformer(resolve_model(model), device="cpu")
+    encoder.max_seq_length = args.max_length
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        embeddings = encoder.encode(texts, batch_size=args.batch_size)
+    return time.perf_counter() - start, embeddings
+
+
+def embed_run(model: str, corpus: str, output: str, args, precision: str) -> tuple[float, np.ndarray]:
+    """Seconds of the whole ``lightning embed`` command, and its embeddings."""
+    from lightning_app.embed.maps import read_embeddings
+    start = time.perf_counter()
+    embed(model, corpus, output, f"--max_length={args.max_length}", f"--batch_size={args.batch_size}",
+          f"--precision={precision}")
+    seconds = time.perf_counter() - start
+    embeddings = read_embeddings(output)[2]
+    shutil.rmtree(output)
+    return seconds, embeddings
+
+
+def write_texts(path: str, texts: list[str]) -> str:
+    with open(path, "w") as out:
+        out.writelines(json.dumps({"text": t}) + "\n" for t in texts)
+    return path
+
+
+def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return round(float(((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).min()), 6)
+
+
+def spread(values: list[float]) -> dict:
+    return {"median": round(statistics.median(values), 2), "min": round(min(values), 2),
+            "max": round(max(values), 2), "repeats": [round(v, 2) for v in values]}
+
+
+def arms(native: bool) -> dict:
+    """Arm name -> (``embed`` or ``encode``, precision); the bf16 pair only where bf16 is native."""
+    chosen = {"ours_32": ("embed", "32"), "encode_32": ("encode", "32")}
+    if native:
+        chosen.update(ours_bf16=("embed", "bf16-mixed"), encode_bf16=("encode", "bf16-mixed"))
+    return chosen
+
+
+def throughput(args, folder: str, native: bool, auto: str) -> dict:
+    """Documents/s of every arm over interleaved repeats, the three ratios and the embeddings' agreement."""
+    texts = bbc_texts()[:args.documents]
+    corpus = write_texts(os.path.join(folder, "texts.jsonl"), texts)
+    warmup = write_texts(os.path.join(folder, "warmup.jsonl"), texts[:args.batch_size])
+    chosen = arms(native)
+
+    def run(arm: str, path: str, some: list[str]) -> tuple[float, np.ndarray]:
+        kind, precision = chosen[arm]
+        if kind == "encode":
+            return encoder_run(args.model, some, args, precision == "bf16-mixed")
+        return embed_run(args.model, path, os.path.join(folder, arm), args, precision)
+
+    for arm in chosen:
+        run(arm, warmup, texts[:args.batch_size])
+    rates, kept, loads = {arm: [] for arm in chosen}, {}, []
+    for repeat in range(args.repeats):
+        for arm in chosen:
+            seconds, kept[arm] = run(arm, corpus, texts)
+            rates[arm].append(len(texts) / seconds)
+        loads.append(load_average())
+        shown = ", ".join(f"{arm} {rates[arm][-1]:.2f}" for arm in chosen)
+        print(f"repeat {repeat}: docs/s {shown}; ratio float32 {rates['ours_32'][-1] / rates['encode_32'][-1]:.3f}"
+              + (f", bf16 {rates['ours_bf16'][-1] / rates['encode_bf16'][-1]:.3f}" if native else "")
+              + f" (load average {loads[-1]})", flush=True)
+    median = {arm: statistics.median(values) for arm, values in rates.items()}
+    ours_auto = "ours_bf16" if auto == "bf16-mixed" else "ours_32"
+    figures = {"docs_per_s": {arm: spread(values) for arm, values in rates.items()},
+               "ratio_equal": round(median["ours_32"] / median["encode_32"], 3),
+               "ratio_equal_bf16": round(median["ours_bf16"] / median["encode_bf16"], 3) if native else None,
+               "ratio_default": round(median[ours_auto] / median["encode_32"], 3),
+               "min_cosine_ours_vs_encode_32": min_cosine(kept["ours_32"], kept["encode_32"]),
+               "load_averages": loads}
+    if native:
+        figures.update(min_cosine_bf16_vs_32=min_cosine(kept["ours_bf16"], kept["ours_32"]),
+                       min_cosine_ours_vs_encode_bf16=min_cosine(kept["ours_bf16"], kept["encode_bf16"]))
+    return figures
+
+
+def child_rss(corpus: str, output: str, args) -> None:
+    """Child: embed the first ``--rss-documents`` rows and print the peak resident memory."""
     with PeakRss() as peak:
-        embed(corpus, output, f"--max_documents={documents}", f"--max_length={max_length}",
-              f"--batch_size={batch_size}")
+        embed(args.model, corpus, output, f"--max_documents={args.rss_documents}", f"--max_length={args.max_length}",
+              f"--batch_size={args.batch_size}")
     print(json.dumps({"peak_rss": peak.peak}))
 
 
-def spread(values: list[float]) -> str:
-    return f"median {statistics.median(values):.2f} (range {min(values):.2f}-{max(values):.2f})"
+def peak_rss(args, folder: str) -> dict:
+    """Peak RSS of ``lightning embed`` on the smaller and the larger generated corpus, each in its own process."""
+    peaks = {}
+    for size in map(int, args.sizes_mb.split(",")):
+        path = os.path.join(folder, f"corpus-{size}mb.jsonl")
+        count = write_corpus(path, size * 10**6)[0]
+        done = subprocess.run([sys.executable, __file__, "--child", path, os.path.join(folder, f"rss{size}"),
+                               "--model", args.model, "--rss-documents", str(args.rss_documents), "--max-length",
+                               str(args.max_length), "--batch-size", str(args.batch_size)],
+                              check=True, capture_output=True, text=True)
+        peaks[size] = json.loads(done.stdout.strip().splitlines()[-1])["peak_rss"]
+        os.remove(path)
+        print(f"{size} MB corpus ({count} documents, first {args.rss_documents} embedded): peak RSS "
+              f"{peaks[size] / 2**20:.0f} MiB (load average {load_average()})", flush=True)
+    small, large = sorted(peaks)
+    return {"rss_small_mib": round(peaks[small] / 2**20), "rss_large_mib": round(peaks[large] / 2**20),
+            "rss_ratio": round(peaks[large] / peaks[small], 3)}
+
+
+def map_time(args, folder: str) -> dict:
+    """``lightning embed --map tsne`` of the BBC articles: t-SNE seconds (meta.json) and the whole command's."""
+    out = os.path.join(folder, "bbc")
+    start = time.perf_counter()
+    embed(args.model, "packaged:bbcnews", out, "--label_field=label", f"--max_length={args.max_length}",
+          f"--batch_size={args.batch_size}", "--map=tsne", *([f"--max_documents={args.documents}"]))
+    whole = time.perf_counter() - start
+    meta = json.load(open(os.path.join(out, "meta.json")))
+    print(f"--map tsne of {meta['map']['points']} articles: t-SNE {meta['map']['seconds']} s, whole command "
+          f"{whole:.0f} s at {meta['precision']}, 10-NN {meta['map']['knn_acc_2d']} in 2D, "
+          f"{meta['map']['knn_acc_full']} in full (load average {load_average()})", flush=True)
+    return {"tsne_seconds": meta["map"]["seconds"], "tsne_points": meta["map"]["points"],
+            "map_command_seconds": round(whole, 1)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--documents", type=int, default=256)
+    parser.add_argument("--model", default="packaged:minilm")
+    parser.add_argument("--documents", type=int, default=2225, help="the first this many BBC articles")
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--rss-documents", type=int, default=256)
     parser.add_argument("--sizes-mb", default="200,2000")
     parser.add_argument("--skip", default="", help="comma-separated parts to leave out: throughput,rss,map")
     parser.add_argument("--child", nargs=2, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        return child_rss(*args.child, args.rss_documents, args.max_length, args.batch_size)
-    import torch
-    from sentence_transformers import SentenceTransformer
-
-    from lightning_app.packaged import resolve_model
+        return child_rss(*args.child, args)
     skip = set(filter(None, args.skip.split(",")))
+    machine = hardware()
+    print(f"hardware: {machine} (load average {load_average()})", flush=True)
+    figures = {"hardware": machine, "documents": args.documents, "max_length": args.max_length,
+               "batch_size": args.batch_size, "load_average_start": load_average()}
     folder = tempfile.mkdtemp(prefix="embed-bench-")
-    figures = {"threads": torch.get_num_threads(), "documents": args.documents, "max_length": args.max_length,
-               "batch_size": args.batch_size}
     try:
-        texts = bbc_texts()[:args.documents]
-        corpus = os.path.join(folder, "texts.jsonl")
-        with open(corpus, "w") as out:
-            out.writelines(json.dumps({"text": t}) + "\n" for t in texts)
-        short = os.path.join(folder, "warmup.jsonl")
-        with open(short, "w") as out:
-            out.writelines(json.dumps({"text": t}) + "\n" for t in texts[:args.batch_size])
-        rates = {"embed": [], "encode": [], "embed_bf16": []}
-        settings = (f"--max_length={args.max_length}", f"--batch_size={args.batch_size}")
-
-        def run_embed(path: str, output: str, *extra: str) -> float:
-            start = time.perf_counter()
-            embed(path, output, *settings, *extra)
-            return time.perf_counter() - start
-
-        def run_encode(chosen: list[str]) -> float:
-            start = time.perf_counter()
-            model = SentenceTransformer(resolve_model(MODEL), device="cpu")
-            model.max_seq_length = args.max_length
-            model.encode(chosen, batch_size=args.batch_size)
-            return time.perf_counter() - start
-
         if "throughput" not in skip:
-            run_embed(short, os.path.join(folder, "warmup"))
-            run_encode(texts[:args.batch_size])
-        for repeat in range(args.repeats if "throughput" not in skip else 0):
-            rates["embed"].append(len(texts) / run_embed(corpus, os.path.join(folder, f"out{repeat}")))
-            rates["encode"].append(len(texts) / run_encode(texts))
-            rates["embed_bf16"].append(len(texts) / run_embed(corpus, os.path.join(folder, f"bf16_{repeat}"),
-                                                              "--precision=bf16-mixed"))
-            print(f"repeat {repeat}: lightning embed {rates['embed'][-1]:.2f} docs/s, SentenceTransformer.encode "
-                  f"{rates['encode'][-1]:.2f} docs/s, lightning embed bf16 {rates['embed_bf16'][-1]:.2f} docs/s "
-                  f"(load average {os.getloadavg()[0]:.2f})", flush=True)
-        if rates["embed"]:
-            import pandas as pd
-            full = np.stack(pd.read_parquet(os.path.join(folder, "out0", "embeddings"))["embedding"].to_numpy())
-            half = np.stack(pd.read_parquet(os.path.join(folder, "bf16_0", "embeddings"))["embedding"].to_numpy())
-            cosine = (full * half).sum(1) / np.linalg.norm(full, axis=1) / np.linalg.norm(half, axis=1)
-            print(f"lightning embed: {spread(rates['embed'])} docs/s; encode: {spread(rates['encode'])} docs/s; "
-                  f"embed bf16: {spread(rates['embed_bf16'])} docs/s (smallest cosine to float32 {cosine.min():.6f})")
-            median = {k: statistics.median(v) for k, v in rates.items()}
-            figures.update(embed_docs_per_s=round(median["embed"], 2), encode_docs_per_s=round(median["encode"], 2),
-                           ratio=round(median["embed"] / median["encode"], 3),
-                           embed_bf16_docs_per_s=round(median["embed_bf16"], 2),
-                           ratio_bf16=round(median["embed_bf16"] / median["encode"], 3),
-                           bf16_min_cosine=round(float(cosine.min()), 6))
-
+            figures.update(throughput(args, folder, machine["bf16_native"], machine["auto_precision"]))
         if "rss" not in skip:
-            peaks = {}
-            for size in map(int, args.sizes_mb.split(",")):
-                path = os.path.join(folder, f"corpus-{size}mb.jsonl")
-                count = write_corpus(path, size * 10**6)
-                done = subprocess.run([sys.executable, __file__, "--child", path, os.path.join(folder, f"rss{size}"),
-                                       "--rss-documents", str(args.rss_documents), "--max-length",
-                                       str(args.max_length), "--batch-size", str(args.batch_size)],
-                                      check=True, capture_output=True, text=True)
-                peaks[size] = json.loads(done.stdout.strip().splitlines()[-1])["peak_rss"]
-                os.remove(path)
-                print(f"{size} MB corpus ({count} documents, first {args.rss_documents} embedded): peak RSS "
-                      f"{peaks[size] / 2**20:.0f} MiB (load average {os.getloadavg()[0]:.2f})", flush=True)
-            small, large = sorted(peaks)
-            figures.update(rss_small_mib=round(peaks[small] / 2**20), rss_large_mib=round(peaks[large] / 2**20),
-                           rss_ratio=round(peaks[large] / peaks[small], 3))
-
+            figures.update(peak_rss(args, folder))
         if "map" not in skip:
-            out = os.path.join(folder, "bbc")
-            start = time.perf_counter()
-            embed("packaged:bbcnews", out, "--label_field=label", f"--max_length={args.max_length}",
-                  f"--batch_size={args.batch_size}", "--map=tsne")
-            meta = json.load(open(os.path.join(out, "meta.json")))["map"]
-            print(f"--map tsne of {meta['points']} articles: t-SNE {meta['seconds']} s, whole command "
-                  f"{time.perf_counter() - start:.0f} s, 10-NN {meta['knn_acc_2d']} in 2D, {meta['knn_acc_full']} "
-                  f"in full (load average {os.getloadavg()[0]:.2f})", flush=True)
-            figures.update(tsne_seconds=meta["seconds"], tsne_points=meta["points"])
+            figures.update(map_time(args, folder))
     finally:
         shutil.rmtree(folder)
+    figures["load_average_end"] = load_average()
     emit("embed_docs_per_s_vs_sentence_transformers_encode", **figures)
 
 

@@ -42,7 +42,7 @@ if [ $smoke = 1 ]; then
               --trainer.limit_val_batches 2 --data.batch_size 8 --data.max_length 32 --data.num_workers 1
               --data.val_documents 64 --probe.corpora '[{max_documents: 200}]' --probe.max_length 32
               --probe.geometry_pairs 16 --probe.linear_probe false
-              --mteb.tasks LeeDocumentSimilarity --mteb.max_seq_length 32 --mteb.every_n_steps 12)
+              --mteb.tasks LeeDocumentSimilarity --mteb.max_length 32 --mteb.every_n_steps 12)
     bench_args=(--device cpu --batch-size 8 --max-length 32 --steps 2 --repeats 1 --views dropout)
     # inductor's C++ build takes minutes on a CPU: the smoke run checks the --compile path with
     # torch.compile switched off

@@ -20,7 +20,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REDUCED = ["--config", os.path.join(ROOT, "configs/reproduce/quick.yaml"), "--settings", "[crops, dropout]",
-           "--seeds", "[1]", "--budget.steps", "6", "--budget.probe_every", "6"]
+           "--seeds", "[1]", "--budget.steps", "6", "--probe.every", "6"]
 
 
 def grid_seconds(output: str, extra: list[str]) -> float:

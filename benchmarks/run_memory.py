@@ -157,7 +157,7 @@ def floor_child(steps: int) -> None:
     import torch
 
     from lightning_app.data.datamodule import ContrastiveDataModule
-    from lightning_app.memory import release_freed_memory
+    from lightning_app.cli.memory import release_freed_memory
     from lightning_app.model.module import ContrastiveModule
 
     imports = psutil.Process().memory_info().rss

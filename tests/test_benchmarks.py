@@ -1,4 +1,4 @@
-"""The training benchmark's main path on a tiny model: its JSON line and its batch checks."""
+"""The training and embedding benchmarks on a tiny model: their JSON lines and their checks."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "train_throughput.py"
 
 
@@ -16,6 +18,7 @@ def run_benchmark(*args: str) -> subprocess.CompletedProcess:
                           env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
 
 
+@pytest.mark.slow
 def test_train_throughput_ends_with_the_figures_of_identical_batches(tiny_model):
     done = run_benchmark("--model", tiny_model, "--views", "crops", "--steps", "1", "--repeats", "1",
                          "--warmup", "1", "--batch-size", "8", "--mm-size", "256")
@@ -39,3 +42,23 @@ def test_train_throughput_refuses_an_unknown_view():
     done = run_benchmark("--views", "crops,tokens")
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1] == "error: --views: expected names among crops, dropout, got tokens"
+
+
+EMBED_SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "embed_throughput.py"
+
+
+@pytest.mark.slow
+def test_embed_throughput_ends_with_the_equal_and_default_ratios(tiny_model):
+    done = subprocess.run([sys.executable, str(EMBED_SCRIPT), "--model", tiny_model, "--documents", "40",
+                           "--max-length", "32", "--batch-size", "16", "--repeats", "1", "--skip", "rss,map"],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    machine = figures["hardware"]
+    assert machine["auto_precision"] == ("bf16-mixed" if machine["bf16_native"] else "32-true")
+    assert figures["ratio_equal"] > 0 and figures["ratio_default"] > 0
+    assert figures["min_cosine_ours_vs_encode_32"] > 0.9999  # the same float32 forward
+    arms = {"ours_32", "encode_32"} | ({"ours_bf16", "encode_bf16"} if machine["bf16_native"] else set())
+    assert set(figures["docs_per_s"]) == arms and (figures["ratio_equal_bf16"] is not None) == machine["bf16_native"]
+    assert len(figures["load_averages"]) == 1 and "repeat 0: docs/s ours_32" in done.stdout

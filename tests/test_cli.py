@@ -4,16 +4,14 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lightning_app.cli import main
-from lightning_app.export import load_encoder
-
-ROOT = Path(__file__).resolve().parents[1]
+from lightning_app.model.load import load_encoder
+from tests.helpers import ROOT, scalars
 
 
 def fit_args(run_dir, *extra) -> list[str]:
@@ -33,12 +31,7 @@ def tiny_run(tmp_path_factory, tiny_model):
     return run_dir / "crop" / "version_0"
 
 
-def scalars(log_dir: Path, tag: str) -> list[tuple[int, float]]:
-    events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
-    events.Reload()
-    return [(e.step, e.value) for e in events.Scalars(tag)]
-
-
+@pytest.mark.slow
 def test_fit_writes_checkpoints_and_tensorboard_logs(tiny_run):
     assert (tiny_run / "checkpoints" / "last.ckpt").exists()
     assert (tiny_run / "config.yaml").exists()
@@ -48,6 +41,7 @@ def test_fit_writes_checkpoints_and_tensorboard_logs(tiny_run):
     assert [step for step, _ in scalars(tiny_run, "train/loss")] == list(range(30))
 
 
+@pytest.mark.slow
 def test_loss_falls_over_a_short_run(tiny_run):
     val = [value for _, value in scalars(tiny_run, "val/loss")]
     train = [value for _, value in scalars(tiny_run, "train/loss")]
@@ -55,6 +49,7 @@ def test_loss_falls_over_a_short_run(tiny_run):
     assert sum(train[-5:]) < sum(train[:5])
 
 
+@pytest.mark.slow
 def test_learning_rate_warms_up_then_decays(tiny_run):
     lr = [value for _, value in scalars(tiny_run, "lr-Adam")]
     peak = lr.index(max(lr))
@@ -62,6 +57,7 @@ def test_learning_rate_warms_up_then_decays(tiny_run):
     assert all(a >= b for a, b in zip(lr[peak:], lr[peak + 1:])) and lr[-1] < 0.1 * max(lr)
 
 
+@pytest.mark.slow
 def test_probe_logs_every_layer_from_step_0_drift_the_figure_and_the_projector(tiny_run):
     events = EventAccumulator(str(tiny_run), size_guidance={"scalars": 0, "images": 0})
     events.Reload()
@@ -85,6 +81,7 @@ def test_probe_logs_every_layer_from_step_0_drift_the_figure_and_the_projector(t
     assert {row.split("\t")[0] for row in labels[1:]} == {"business", "entertainment", "politics", "sports", "tech"}
 
 
+@pytest.mark.slow
 def test_best_probe_checkpoint_has_a_flat_file_name(tiny_run):
     best = [p.name for p in (tiny_run / "checkpoints").rglob("best-*")]
     assert len(best) == 1 and re.fullmatch(r"best-step0000[123]0-knn_acc\d\.\d{3}\.ckpt", best[0]), best
@@ -96,6 +93,7 @@ def embeddings(encoder, tokenizer, texts):
         return encoder(batch["input_ids"], batch["attention_mask"])
 
 
+@pytest.mark.slow
 def test_export_reproduces_the_module_embeddings(tiny_run, tmp_path):
     from sentence_transformers import SentenceTransformer
     from transformers import AutoModel
@@ -117,19 +115,6 @@ def test_export_reproduces_the_module_embeddings(tiny_run, tmp_path):
         torch.testing.assert_close(sentence_model.encode(texts, convert_to_tensor=True), expected, atol=1e-5, rtol=1e-4)
 
 
-FIT_CONFIGS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yaml") if "reproduce" not in p.name
-                     and p.parent.name != "reproduce")  # the reproduce configs: tests/experiments/test_grid.py
-
-
-@pytest.mark.parametrize("config", FIT_CONFIGS)
-def test_every_config_parses(config, capsys):
-    path = ROOT / config
-    with pytest.raises(SystemExit) as done:
-        main(["fit", "--config", str(path), "--print_config"])
-    assert done.value.code == 0
-    assert "class_path: lightning_app.data.views." in capsys.readouterr().out
-
-
 def bad_input_cases(tmp_path, tiny_model):
     short = tmp_path / "short.jsonl"
     short.write_text('{"text": "Too short."}\n' * 5)
@@ -140,7 +125,7 @@ def bad_input_cases(tmp_path, tiny_model):
     unlabelled = tmp_path / "unlabelled.jsonl"
     unlabelled.write_text('{"text": "x", "category": "y"}\n')
     labelled = tmp_path / "labelled.jsonl"
-    labelled.write_text("".join(f'{{"text": "document {i}", "topic": {i % 3}}}\n' for i in range(60)))
+    labelled.write_text("".join(f'{{"text": "document {i}", "topic": {i % 3}}}\n' for i in range(10)))
     probe = lambda path: [f'--probe.corpora=[{{"name": "mine", "source": "{path}", "label_field": "topic"}}]']  # noqa: E731
     return [
         (["--data.source", str(tmp_path / "missing.jsonl")], "data.source: file not found: '"),
@@ -151,7 +136,7 @@ def bad_input_cases(tmp_path, tiny_model):
         (["--model.frozen_layers", "9"], "model.frozen_layers: expected an integer in 0..2"),
         (["--model.temperature", "0"], "model.temperature: expected > 0, got 0.0"),
         (probe(unlabelled), "probe corpus 'mine': label_field: 'topic' is not a column of '"),
-        (probe(labelled), "(60 sampled, test_fraction=0.1); expected at least k+1 = 11 in each split"),
+        (probe(labelled), "(10 sampled, test_fraction=0.1); expected at least k+1 = 11 in the train split"),
     ]
 
 
@@ -169,7 +154,40 @@ def test_bad_input_stops_with_one_clear_line_and_keeps_earlier_files(tmp_path, t
     assert earlier.read_bytes() == b"an earlier checkpoint"
 
 
+@pytest.mark.slow
 def test_module_entry_point_shows_help():
     done = subprocess.run([sys.executable, "-m", "lightning_app", "--help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "lightning fit --config configs/crop.yaml" in done.stdout
     assert "lightning mteb --help" in done.stdout
+
+
+# (command and options, a config file's text or None, what the error line says)
+CROP = str(ROOT / "configs/crop.yaml")
+OLD_SPELLINGS = [
+    (["embed", "--model=m", "--corpus=x.jsonl", "--output=out"], None, "--corpus is now --source"),
+    (["embed", "--model=m", "--output=out"], "corpus: x.jsonl\n", "corpus is now source"),
+    (["mteb", "--model=m", "--max_seq_length", "64"], None, "--max_seq_length is now --max_length"),
+    (["mteb", "--model=m"], "max_seq_length: 64\n", "max_seq_length is now max_length"),
+    (["reproduce", "--corpus", "x.jsonl"], None, "--corpus is now --source"),
+    (["reproduce", "--mteb_max_seq_length=64"], None, "--mteb_max_seq_length is now --mteb.max_length"),
+    (["reproduce", "--budget.probe_max_length=64"], None, "--budget.probe_max_length is now --probe.max_length"),
+    (["reproduce", "--mteb_tasks=offline"], None, "--mteb_tasks is now --mteb.tasks"),
+    (["reproduce"], "corpus: x.jsonl\n", "corpus is now source"),
+    (["reproduce"], "budget:\n  probe_every: 5\n", "budget.probe_every is now probe.every"),
+    (["reproduce"], "mteb_max_seq_length: 64\n", "mteb_max_seq_length is now mteb.max_length"),
+    (["fit", "--config", CROP, "--mteb.max_seq_length=64"], None, "--mteb.max_seq_length is now --mteb.max_length"),
+    (["fit", "--config", CROP], "mteb:\n  max_seq_length: 64\n", "mteb.max_seq_length is now mteb.max_length"),
+]
+
+
+@pytest.mark.parametrize(("args", "config", "message"), OLD_SPELLINGS)
+def test_an_old_option_spelling_is_refused_naming_the_new_one(args, config, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    if config is not None:
+        (tmp_path / "old.yaml").write_text(config)
+        args = [*args, "--config", "old.yaml"]
+    with pytest.raises(SystemExit) as done:
+        main(args)
+    assert done.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [f"error: {message} (see: lightning {args[0]} --help)"]
+    assert [path.name for path in tmp_path.iterdir()] == (["old.yaml"] if config is not None else [])

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from lightning_app.cli import main
-from lightning_app.export import read_checkpoint
-from tests.test_cli import ROOT, scalars
+from lightning_app.model.load import read_checkpoint
+from tests.helpers import ROOT, scalars
 
 SLURM_JOB = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "embed-finetune", "SLURM_NTASKS": "1",
              "SLURM_NTASKS_PER_NODE": "1", "SLURM_JOB_NUM_NODES": "1", "SLURM_NNODES": "1", "SLURM_NODEID": "0",
@@ -28,6 +28,7 @@ def tiny_fit(run_dir: Path, model: str, *extra: str) -> list[str]:
             "--trainer.enable_progress_bar=false", *extra]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_sigusr1_under_slurm_saves_requeues_and_the_requeued_job_resumes(tmp_path, tiny_model):
     bin_dir = tmp_path / "bin"
@@ -61,6 +62,7 @@ def test_sigusr1_under_slurm_saves_requeues_and_the_requeued_job_resumes(tmp_pat
     assert [step for step, _ in scalars(log_dir, "train/loss")] == list(range(20))
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_two_process_ddp_run_of_the_crop_config_finishes(tmp_path, tiny_model):
     """configs/crop.yaml as it is (its callbacks, probes included) on 2 gloo processes; validation

@@ -17,11 +17,15 @@ import pytest
 import yaml
 
 from lightning_app.cli import main
-from lightning_app.export import read_checkpoint
-from tests.test_cli import ROOT, scalars
+from lightning_app.cli.fit import resolve_recipe
+from lightning_app.experiments.grid import ALL_SETTINGS, recipe_file
+from lightning_app.model.load import read_checkpoint
+from tests.helpers import ROOT, scalars
 
 CONFIGS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yaml"))
 OVERLAYS = {"configs/ddp.yaml", "configs/slurm.yaml"}
+# Slow: ddp.yaml runs 2 `python -m lightning_app` processes; a reproduce config, one `lightning fit` per cell.
+PROCESSES = {c for c in CONFIGS if c == "configs/ddp.yaml" or c.startswith("configs/reproduce/") or c.endswith("reproduce.yaml")}
 STEPS = 2
 
 
@@ -62,7 +66,7 @@ def shrink_fit(config: dict, run_dir: Path, model: str, corpus: str) -> dict:
             args.update(k=3, max_length=64, geometry_pairs=min(args.get("geometry_pairs", 0), 16),
                         cv_folds=min(args.get("cv_folds", 0), 3))
         elif name == "MtebCallback":
-            args.update(tasks="LeeDocumentSimilarity", max_seq_length=64)
+            args.update(tasks="LeeDocumentSimilarity", max_length=64)
     return config
 
 
@@ -91,15 +95,19 @@ def corpus(tmp_path_factory, bbc_texts) -> str:
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("config", [pytest.param(c, marks=pytest.mark.slow) if c in PROCESSES else c for c in CONFIGS])
 def test_every_shipped_config_runs(config, tmp_path, tiny_model, corpus, capsys):
     if is_reproduce(config):
         options = printed("reproduce", config, capsys)
-        budget = {**options["budget"], "steps": STEPS, "batch_size": 4, "max_length": 32, "probe_every": 1,
-                  "probe_documents": None, "probe_max_length": 32, "cv_folds": 5}
+        assert options["settings"] == list(ALL_SETTINGS) and len(options["seeds"]) >= 2
+        views = {view: resolve_recipe(recipe_file(path))["data"]["view"]["class_path"].rsplit(".", 1)[1]
+                 for view, path in options["recipes"].items()}
+        assert views == {"crops": "SentenceCrops", "dropout": "Dropout", "token_crops": "TokenCrops"}
+        options["budget"].update(steps=STEPS, batch_size=4, max_length=32)
+        options["probe"].update(every=1, documents=None, max_length=32, cv_folds=5)
+        options["mteb"].update(tasks="LeeDocumentSimilarity", max_length=32)
         options.update(model=tiny_model, pretrained=True, config_overrides=None, settings=["untrained", "crops"],
-                       seeds=[options["seeds"][0]], budget=budget, mteb_tasks="LeeDocumentSimilarity",
-                       mteb_max_seq_length=32, output=str(tmp_path / "results"))
+                       seeds=[options["seeds"][0]], output=str(tmp_path / "results"))
         options["hardware"].update(accelerator="cpu", devices=1, num_workers=0)
         (tmp_path / "reproduce.yaml").write_text(yaml.safe_dump(options))
         main(["reproduce", "--config", str(tmp_path / "reproduce.yaml")])
@@ -109,6 +117,7 @@ def test_every_shipped_config_runs(config, tmp_path, tiny_model, corpus, capsys)
 
     base = "configs/crop.yaml" if config in OVERLAYS else config
     resolved = shrink_fit(printed("fit", base, capsys), tmp_path / "runs", tiny_model, corpus)
+    assert resolved["data"]["view"]["class_path"].startswith("lightning_app.data.views.")
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(resolved))
     version = tmp_path / "runs" / resolved["trainer"]["logger"]["init_args"]["name"] / "version_0"
     command = ["fit", "--config", str(tmp_path / "config.yaml")]

@@ -14,7 +14,7 @@ import yaml
 
 from lightning_app.evaluate import tasks
 from lightning_app.packaged import RESOURCES
-from tests.test_cli import ROOT
+from tests.helpers import ROOT
 
 CONFIGS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yaml"))
 
@@ -49,13 +49,13 @@ def class_paths(node) -> set[str]:
 
 
 def task_specs(node) -> list[str]:
-    """The MTEB task specs of a config: an ``MtebCallback``'s ``tasks`` and reproduce's ``mteb_tasks``."""
+    """The MTEB task specs of a config: an ``MtebCallback``'s ``tasks`` and reproduce's ``mteb.tasks``."""
     specs = []
     if isinstance(node, dict):
         if str(node.get("class_path", "")).endswith("MtebCallback"):
             specs.append((node.get("init_args") or {}).get("tasks", "offline-fast"))
-        if isinstance(node.get("mteb_tasks"), str):
-            specs.append(node["mteb_tasks"])
+        if isinstance(node.get("mteb"), dict) and isinstance(node["mteb"].get("tasks"), str):
+            specs.append(node["mteb"]["tasks"])
         for value in node.values():
             specs += task_specs(value)
     elif isinstance(node, list):

@@ -29,6 +29,7 @@ def commit() -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_smoke_run_writes_every_figure(tmp_path):
     done = check("--smoke", "--out", "check.json", cwd=tmp_path)  # a relative --out is the caller's folder's

@@ -19,9 +19,11 @@ import torch
 from lightning import Callback
 from safetensors.torch import load_file
 
-from lightning_app.export import read_checkpoint
-from lightning_app.preemption import AtomicCheckpointIO, LastIsNewest
-from tests.test_cli import ROOT, scalars
+from lightning_app.model.load import read_checkpoint
+from lightning_app.cli.preemption import AtomicCheckpointIO, LastIsNewest
+from tests.helpers import ROOT, scalars
+
+pytestmark = pytest.mark.slow  # every test runs `python -m lightning_app` processes
 
 STEPS = 24  # not a multiple of the checkpoints' every_n_train_steps (10)
 
@@ -58,15 +60,19 @@ class StallingCheckpointIO(AtomicCheckpointIO):
 class MarkStep(Callback):
     """Writes ``marker`` at the end of training step ``step``: the moment a test sends its signal.
     With ``hold_for_sigterm`` that step's end waits (up to a minute) until the run has received the
-    SIGTERM, so the signal lands in that step however fast the steps run."""
+    SIGTERM, so the signal lands in that step however fast the steps run. With ``hold_for_kill`` the
+    marker is written once the step is over, its checkpoint included (at the start of the next
+    step), and the run waits there (up to a minute) for the test's SIGKILL, so the kill lands after
+    that step and before any later checkpoint."""
 
-    def __init__(self, step: int, marker: str, hold_for_sigterm: bool = False) -> None:
+    def __init__(self, step: int, marker: str, hold_for_sigterm: bool = False, hold_for_kill: bool = False) -> None:
         self.step = step
         self.marker = marker
         self.hold_for_sigterm = hold_for_sigterm
+        self.hold_for_kill = hold_for_kill
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step != self.step:
+        if trainer.global_step != self.step or self.hold_for_kill:
             return
         Path(self.marker).write_text(str(self.step))
         if self.hold_for_sigterm:
@@ -75,10 +81,18 @@ class MarkStep(Callback):
             while not keeper.received and time.monotonic() < deadline:
                 time.sleep(0.01)
 
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step != self.step or not self.hold_for_kill:
+            return
+        Path(self.marker).write_text(str(self.step))
+        time.sleep(60)  # the test's SIGKILL ends the run here
+        raise RuntimeError(f"MarkStep: not killed within 60 s after step {self.step}")
 
-def mark(step: int, marker: Path, hold_for_sigterm: bool = False) -> str:
+
+def mark(step: int, marker: Path, hold_for_sigterm: bool = False, hold_for_kill: bool = False) -> str:
     return ('--trainer.callbacks+={"class_path": "tests.test_kill.MarkStep", '
-            f'"init_args": {{"step": {step}, "marker": "{marker}", "hold_for_sigterm": {str(hold_for_sigterm).lower()}}}}}')
+            f'"init_args": {{"step": {step}, "marker": "{marker}", "hold_for_sigterm": {str(hold_for_sigterm).lower()}, '
+            f'"hold_for_kill": {str(hold_for_kill).lower()}}}}}')
 
 
 def fit_command(run_dir: Path, model: str, *extra: str, config: str = "crop.yaml") -> list[str]:
@@ -153,9 +167,11 @@ def test_the_end_of_fit_checkpoints_the_final_state(uninterrupted):
 def test_a_run_sigkilled_at_a_random_moment_resumes_to_the_uninterrupted_weights(uninterrupted, tmp_path, tiny_model):
     command = fit_command(tmp_path, tiny_model)
     checkpoints = tmp_path / "crop" / "version_0" / "checkpoints"
-    step = random.randint(11, STEPS - 1)
-    process = start([*command, mark(step, tmp_path / "reached")])
-    wait_for(tmp_path / "reached", process)
+    seed = int(os.environ.get("KILL_STEP_SEED", random.randrange(2**32)))
+    step = random.Random(seed).randint(11, STEPS - 1)  # after the step-10 checkpoint, before the end
+    print(f"SIGKILL after step {step} (KILL_STEP_SEED={seed} repeats it)")
+    process = start([*command, mark(step, tmp_path / "reached", hold_for_kill=True)])
+    wait_for(tmp_path / "reached", process)  # the run waits there for the kill
     kill_group(process)
     killed_at = read_checkpoint(checkpoints / "last.ckpt")["global_step"]
     print(f"SIGKILLed after step {step}, last.ckpt at step {killed_at}")

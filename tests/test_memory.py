@@ -3,7 +3,7 @@ import os
 import pytest
 import torch
 
-from lightning_app.memory import ReleaseFreedMemory, release_freed_memory
+from lightning_app.cli.memory import ReleaseFreedMemory, release_freed_memory
 
 
 def resident_bytes() -> int:

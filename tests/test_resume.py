@@ -11,9 +11,9 @@ from lightning import Callback
 from safetensors.torch import load_file
 
 from lightning_app.cli import main
-from lightning_app.export import read_checkpoint
-from lightning_app.preemption import AtomicCheckpointIO
-from tests.test_cli import ROOT, scalars
+from lightning_app.model.load import read_checkpoint
+from lightning_app.cli.preemption import AtomicCheckpointIO
+from tests.helpers import ROOT, scalars
 
 STEPS = 12
 
@@ -41,6 +41,7 @@ def weights(checkpoint: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("encoder.backbone."): v for k, v in read_checkpoint(checkpoint)["state_dict"].items()}
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("config, workers", [("crop.yaml", 1), ("dropout.yaml", 0)])
 def test_killed_and_resumed_run_ends_with_the_uninterrupted_weights(config, workers, tmp_path, tiny_model):
@@ -100,6 +101,7 @@ def test_a_save_that_dies_midway_keeps_the_previous_checkpoint(tmp_path, monkeyp
     assert os.listdir(tmp_path) == ["last.ckpt"]
 
 
+@pytest.mark.slow
 def test_a_run_resumed_after_its_last_periodic_checkpoint_links_last_to_its_final_step(tmp_path, tiny_model):
     """Resumed from step 10 with no periodic save left before the end (step 12): the end of fit
     still writes step000012.ckpt and points last.ckpt at it (not a separate file of its own)."""

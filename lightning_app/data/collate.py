@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 
 
@@ -11,6 +13,16 @@ def pad_rows(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
     input_ids = torch.tensor([row + [pad_id] * (width - len(row)) for row in rows])
     attention_mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in rows])
     return input_ids, attention_mask
+
+
+def length_sorted_batches(rows: list[list[int]], pad_id: int, batch_size: int
+                          ) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
+    """``(row indices, input_ids, attention_mask)`` batches of at most ``batch_size`` rows, longest
+    first, so a batch pads little; the indices put the rows back in input order."""
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]), reverse=True)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        yield (chunk, *pad_rows([rows[i] for i in chunk], pad_id))
 
 
 def special_tokens(tokenizer) -> tuple[list[int], list[int]]:

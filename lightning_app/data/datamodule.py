@@ -14,7 +14,6 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from lightning_app.checks import check_span_length
 from lightning_app.data.collate import PairCollator
 from lightning_app.data.guard import GuardedDocuments
 from lightning_app.data.pairs import document_pairs, held_out, token_ids
@@ -28,6 +27,20 @@ log = logging.getLogger(__name__)
 # Lightning warns that an iterable dataset's length may be wrong with several workers; the
 # training loader's length is the run's length in batches, whatever the workers read.
 warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
+
+
+def first_held_out(documents, fraction: float, source: str, limit: int) -> list[str]:
+    """The first ``limit`` distinct non-empty texts of ``documents`` in the validation slice (``held_out``:
+    by content hash, so training never reads them), in stream order, the same on every rank."""
+    texts: dict[str, None] = {}  # an ordered set: a duplicate would be its own rival in retrieval
+    if fraction <= 0 or limit <= 0:
+        return []
+    for doc in GuardedDocuments(documents.filter(lambda doc: held_out(doc["text"] or "", fraction)), source):
+        if doc["text"] and doc["text"].strip():
+            texts[doc["text"]] = None
+            if len(texts) == limit:
+                break
+    return list(texts)
 
 
 class ContrastiveDataModule(LightningDataModule):
@@ -81,6 +94,7 @@ class ContrastiveDataModule(LightningDataModule):
         self.save_hyperparameters(ignore=["view"])
         self.view = view
         self.train_pairs: PairStream | None = None
+        self.documents = None  # the whole corpus stream (training and validation slices), after setup
         self.val_pairs: list[dict] | None = None
 
     def setup(self, stage: str) -> None:
@@ -89,10 +103,11 @@ class ContrastiveDataModule(LightningDataModule):
         hp = self.hparams
         self.tokenizer = load_tokenizer(hp.tokenizer, hp.trust_remote_code)
         self.collate = PairCollator(self.tokenizer, hp.max_length)
-        check_span_length(self.view, hp.max_length, self.collate.body)
+        self.view.check_fits(self.collate.body, hp.max_length)
         documents = open_corpus(hp.source, hp.text_field, subset=hp.subset, split=hp.split,
                                 sample_by=hp.sample_by, trust_remote_code=hp.trust_remote_code)
         self._check_pairs(documents)
+        self.documents = documents
         if hp.num_workers > 0:
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
@@ -107,6 +122,10 @@ class ContrastiveDataModule(LightningDataModule):
             val = documents.filter(lambda doc: held_out(doc["text"] or "", fraction)).take(hp.val_documents)
             texts = (doc["text"] for doc in GuardedDocuments(val, hp.source))
             self.val_pairs = document_pairs(texts, self.view, partial(token_ids, self.tokenizer), hp.seed)
+
+    def held_out_texts(self, limit: int) -> list[str]:
+        """The first ``limit`` distinct texts of the validation slice (``first_held_out``)."""
+        return first_held_out(self.documents, self.hparams.val_fraction, self.hparams.source, limit)
 
     def _check_pairs(self, documents) -> None:
         """Fail before training when the first documents give no pair (wrong view or corpus)."""

@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 
 import datasets
 
-from lightning_app.errors import ConfigError
+from lightning_app.errors import ConfigError, first_line
 from lightning_app.packaged import is_packaged, packaged_path
 
 # File ending -> the datasets builder that streams it.
@@ -55,6 +55,15 @@ def news_articles(archive: Path):
                 raise ConfigError(f"{archive}: article {row.get('article_id', '?')} has no "
                                   "article_source_link domain")
             yield {"text": text, "label": outlet}
+
+
+def bbc_news() -> tuple[list[str], list[str]]:
+    """(texts, topics) of the 2,225 packaged BBC News articles, ordered by topic and file name."""
+    root = packaged_path("packaged:bbcnews")
+    files = sorted(root.glob("*/*.txt"))
+    if not files:
+        raise ConfigError(f"packaged:bbcnews: no <topic>/*.txt files under {root}")
+    return [read_text(f) for f in files], [f.parent.name for f in files]
 
 
 def _packaged_corpus(name: str) -> datasets.IterableDataset:
@@ -105,7 +114,7 @@ def _stream(source: str, read):
     except ConfigError:
         raise
     except Exception as error:
-        reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+        reason = first_line(error)
         raise ConfigError(f"data.source: cannot read '{source}': {reason}") from error
 
 

@@ -11,9 +11,12 @@ import random
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass
+
+from lightning_app.errors import ConfigError
 
 Tokenize = Callable[[str], list[int]]
-Pair = tuple[list[int], list[int]]
+Views = tuple[list[int], list[int]]  # the two views of one document
 
 # A sentence ends at . ! or ? (optionally followed by a closing quote or bracket) before
 # whitespace and an opening capital, digit or quote; line breaks always end a sentence.
@@ -31,14 +34,16 @@ class View(ABC):
     """Turns one document into two views, or None when the document cannot give a pair."""
 
     @abstractmethod
-    def pair(self, text: str, tokenize: Tokenize, rng: random.Random) -> Pair | None:
+    def pair(self, text: str, tokenize: Tokenize, rng: random.Random) -> Views | None:
         """Two token-id lists for ``text``; ``rng`` is seeded per document, so pairs are reproducible."""
 
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
-        return f"{type(self).__name__}({args})"
+    def check_fits(self, body: int, max_length: int, length_option: str = "data.max_length", where: str = "") -> None:
+        """Raise ConfigError when a view cannot fit the ``body`` tokens a view keeps at ``max_length``
+        besides its special tokens (only views of a fixed token length can fail)."""
 
 
+
+@dataclass
 class SentenceCrops(View):
     """The paper's crops: two different random crops, each ``sentences_per_crop`` consecutive
     sentences among those of ``min_chars``..``max_chars`` characters.
@@ -56,17 +61,17 @@ class SentenceCrops(View):
         overlap: sliding crops (one per qualifying sentence) instead of disjoint groups.
     """
 
-    def __init__(self, min_chars: int = 100, max_chars: int = 250, sentences_per_crop: int = 2,
-                 overlap: bool = True) -> None:
-        if not 0 <= min_chars <= max_chars:
+    min_chars: int = 100
+    max_chars: int = 250
+    sentences_per_crop: int = 2
+    overlap: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.min_chars <= self.max_chars:
             raise ValueError(f"min_chars..max_chars: expected 0 <= min_chars <= max_chars, "
-                             f"got {min_chars}..{max_chars}")
-        if sentences_per_crop < 1:
-            raise ValueError(f"sentences_per_crop: expected >= 1, got {sentences_per_crop}")
-        self.min_chars = min_chars
-        self.max_chars = max_chars
-        self.sentences_per_crop = sentences_per_crop
-        self.overlap = overlap
+                             f"got {self.min_chars}..{self.max_chars}")
+        if self.sentences_per_crop < 1:
+            raise ValueError(f"sentences_per_crop: expected >= 1, got {self.sentences_per_crop}")
 
     def crops(self, text: str) -> list[str]:
         """All crops of ``text``, in document order."""
@@ -74,7 +79,7 @@ class SentenceCrops(View):
         n = self.sentences_per_crop
         return [" ".join(kept[i:i + n]) for i in range(0, len(kept) - n + 1, 1 if self.overlap else n)]
 
-    def pair(self, text: str, tokenize: Tokenize, rng: random.Random) -> Pair | None:
+    def pair(self, text: str, tokenize: Tokenize, rng: random.Random) -> Views | None:
         crops = self.crops(text)
         if len(crops) < 2:
             return None
@@ -82,6 +87,7 @@ class SentenceCrops(View):
         return tokenize(first), tokenize(second)
 
 
+@dataclass
 class TokenCrops(View):
     """Contriever's independent cropping: two random spans of one random window of ``chunk_tokens``
     consecutive tokens (the whole document if shorter), each ``ratio_min``..``ratio_max`` of the
@@ -97,28 +103,43 @@ class TokenCrops(View):
         chunk_tokens: tokens in the window both spans are drawn from.
     """
 
-    def __init__(self, ratio_min: float = 0.1, ratio_max: float = 0.5, min_tokens: int = 2,
-                 chunk_tokens: int = 256) -> None:
-        if not 0 < ratio_min <= ratio_max <= 1:
+    ratio_min: float = 0.1
+    ratio_max: float = 0.5
+    min_tokens: int = 2
+    chunk_tokens: int = 256
+
+    def __post_init__(self) -> None:
+        if not 0 < self.ratio_min <= self.ratio_max <= 1:
             raise ValueError(f"ratio_min..ratio_max: expected 0 < ratio_min <= ratio_max <= 1, "
-                             f"got {ratio_min}..{ratio_max}")
-        if chunk_tokens < 1:
-            raise ValueError(f"chunk_tokens: expected >= 1, got {chunk_tokens}")
-        self.ratio_min = ratio_min
-        self.ratio_max = ratio_max
-        self.min_tokens = max(min_tokens, 1)
-        self.chunk_tokens = chunk_tokens
+                             f"got {self.ratio_min}..{self.ratio_max}")
+        if self.chunk_tokens < 1:
+            raise ValueError(f"chunk_tokens: expected >= 1, got {self.chunk_tokens}")
+        self.min_tokens = max(self.min_tokens, 1)
 
     def longest_span(self, chunk_tokens: int | None = None) -> int:
         """An upper bound on a span's tokens: ``ratio_max`` of a full window, rounded half up."""
         return max(1, math.floor(self.ratio_max * (chunk_tokens or self.chunk_tokens) + 0.5))
+
+    def check_fits(self, body: int, max_length: int, length_option: str = "data.max_length", where: str = "") -> None:
+        """The longest span fits the ``body`` tokens a view keeps at ``max_length`` besides its special
+        tokens; the collator would cut a longer one, breaking the spans' ratios."""
+        if self.longest_span() <= body:
+            return
+        special = max_length - body
+        fits = next((c for c in range(self.chunk_tokens - 1, 0, -1) if self.longest_span(c) <= body), None)
+        expected = f"chunk_tokens <= {fits} at {length_option} {max_length}, or " if fits else ""
+        raise ConfigError(
+            f"data.view.init_args.chunk_tokens{where}: expected {expected}{length_option} >= "
+            f"{self.longest_span() + special} (the longest TokenCrops span, ratio_max {self.ratio_max} x chunk_tokens "
+            f"{self.chunk_tokens} = {self.longest_span()} tokens, must fit the {max(body, 0)} a view keeps besides its "
+            f"{special} special tokens)")
 
     def span(self, ids: list[int], rng: random.Random) -> list[int]:
         length = max(1, round(rng.uniform(self.ratio_min, self.ratio_max) * len(ids)))
         start = rng.randint(0, len(ids) - length)
         return ids[start:start + length]
 
-    def pair(self, text: str, tokenize: Tokenize, rng: random.Random) -> Pair | None:
+    def pair(self, text: str, tokenize: Tokenize, rng: random.Random) -> Views | None:
         ids = tokenize(text)
         if len(ids) < self.min_tokens:
             return None
@@ -128,6 +149,7 @@ class TokenCrops(View):
         return self.span(ids, rng), self.span(ids, rng)
 
 
+@dataclass
 class Dropout(SentenceCrops):
     """Unsupervised SimCSE: the same text twice; the encoder's dropout makes the views differ.
 
@@ -138,12 +160,9 @@ class Dropout(SentenceCrops):
         whole_document: use the whole document instead of one crop.
     """
 
-    def __init__(self, min_chars: int = 100, max_chars: int = 250, sentences_per_crop: int = 2,
-                 overlap: bool = True, whole_document: bool = False) -> None:
-        super().__init__(min_chars, max_chars, sentences_per_crop, overlap)
-        self.whole_document = whole_document
+    whole_document: bool = False
 
-    def pair(self, text: str, tokenize: Tokenize, rng: random.Random) -> Pair | None:
+    def pair(self, text: str, tokenize: Tokenize, rng: random.Random) -> Views | None:
         if self.whole_document:
             chosen = text if text.strip() else None
         else:

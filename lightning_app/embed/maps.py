@@ -8,7 +8,6 @@ keeps (González-Márquez et al. 2025 report both).
 from __future__ import annotations
 
 import itertools
-import os
 import time
 from pathlib import Path
 
@@ -19,19 +18,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from lightning_app.embed.shards import shard_files
-from lightning_app.errors import ConfigError
+from lightning_app.probes.knn import K, split_accuracy
+from lightning_app.probes.plots import layout, palette
 
-KNN_K = 10
-MAX_COLOURS = 20  # classes beyond the 19 largest share one grey "other"
 SNIPPET = 200  # characters of text shown on hover
-
-
-def require_umap():
-    try:
-        import umap
-    except ImportError:
-        raise ConfigError("map: umap needs umap-learn: pip install 'lightning-app-embeddings[umap]'") from None
-    return umap
 
 
 def read_embeddings(output: str | Path) -> tuple[np.ndarray, list | None, np.ndarray]:
@@ -41,50 +31,6 @@ def read_embeddings(output: str | Path) -> tuple[np.ndarray, list | None, np.nda
     embeddings = column.values.to_numpy(zero_copy_only=False).reshape(len(table), column.type.list_size)
     labels = table["label"].to_pylist() if "label" in table.column_names else None
     return table["row"].to_numpy(), labels, embeddings.astype(np.float32, copy=False)
-
-
-def layout(embeddings: np.ndarray, method: str = "tsne", seed: int = 42, threads: int = 1) -> np.ndarray:
-    """(N, 2) coordinates: openTSNE with PCA initialisation, or UMAP; seeded. ``threads`` -1 uses
-    every core (worth it for large maps on an idle machine; on a busy one a single thread is faster)."""
-    threads = (os.cpu_count() or 1) if threads == -1 else threads
-    if method == "umap":
-        return np.asarray(require_umap().UMAP(random_state=seed, n_jobs=threads).fit_transform(embeddings),
-                          dtype=np.float32)
-    from openTSNE import TSNE
-    return np.asarray(TSNE(initialization="pca", random_state=seed, n_jobs=threads).fit(embeddings),
-                      dtype=np.float32)
-
-
-def knn_accuracy(points: np.ndarray, labels: list, k: int = KNN_K, seed: int = 42, test_fraction: float = 0.1) -> float:
-    """kNN accuracy (Euclidean) of a seeded 10% test split (stratified when every class allows it)
-    predicted from the other 90%."""
-    from sklearn.model_selection import train_test_split
-    from sklearn.neighbors import KNeighborsClassifier
-    labels = np.asarray([str(v) for v in labels])
-    _, counts = np.unique(labels, return_counts=True)
-    stratify = labels if counts.min() >= 2 and len(counts) <= test_fraction * len(labels) else None
-    x_train, x_test, y_train, y_test = train_test_split(points, labels, test_size=test_fraction,
-                                                        random_state=seed, stratify=stratify)
-    return float(KNeighborsClassifier(n_neighbors=min(k, len(y_train))).fit(x_train, y_train).score(x_test, y_test))
-
-
-def palette(labels: list | None) -> tuple[np.ndarray, list[str], list[str]]:
-    """(code per point, class names, hex colour per class): the largest classes first, a grey
-    ``other`` beyond ``MAX_COLOURS``; one class ``all`` without labels."""
-    from matplotlib import colormaps
-    from matplotlib.colors import to_hex
-    if labels is None:
-        return np.zeros(0, dtype=int), ["all"], ["#1f77b4"]
-    names, inverse, counts = np.unique(np.asarray(["" if v is None else str(v) for v in labels]),
-                                       return_inverse=True, return_counts=True)
-    order = np.argsort(-counts, kind="stable")
-    keep = order[:MAX_COLOURS - 1] if len(names) > MAX_COLOURS else order
-    rank = np.full(len(names), len(keep))
-    rank[keep] = np.arange(len(keep))
-    classes = [str(names[i]) for i in keep] + (["other"] if len(keep) < len(names) else [])
-    cmap = colormaps["tab10" if len(classes) <= 10 else "tab20"]
-    colors = [to_hex(cmap(i)) for i in range(len(keep))] + (["#aaaaaa"] if len(keep) < len(names) else [])
-    return rank[inverse], classes, colors
 
 
 def map_png(path: str | Path, xy: np.ndarray, codes: np.ndarray, classes: list[str], colors: list[str],
@@ -135,14 +81,14 @@ def draw_map(output: str | Path, method: str, corpus_args: dict, max_documents: 
     if labels is not None:
         columns["label"] = pa.array(labels, pa.string())
     pq.write_table(pa.table(columns), out / "map.parquet")
-    record = {"method": method, "seconds": round(seconds, 1), "threads": threads, "points": len(rows), "knn_k": KNN_K}
+    record = {"method": method, "seconds": round(seconds, 1), "threads": threads, "points": len(rows), "knn_k": K}
     name = "t-SNE" if method == "tsne" else "UMAP"
     title = f"{corpus_args['source']}: {name} of {len(rows):,} embeddings"
     if labels is not None:
-        record["knn_acc_2d"] = round(knn_accuracy(xy, labels, seed=seed), 4)
-        record["knn_acc_full"] = round(knn_accuracy(embeddings, labels, seed=seed), 4)
-        title += f"\n{KNN_K}-NN accuracy: {record['knn_acc_2d']:.3f} in 2D, {record['knn_acc_full']:.3f} in full dimension"
-        print(f"{KNN_K}-NN accuracy of the labels: {record['knn_acc_2d']:.3f} on the map, "
+        record["knn_acc_2d"] = round(split_accuracy(xy, labels, seed=seed), 4)
+        record["knn_acc_full"] = round(split_accuracy(embeddings, labels, seed=seed), 4)
+        title += f"\n{K}-NN accuracy: {record['knn_acc_2d']:.3f} in 2D, {record['knn_acc_full']:.3f} in full dimension"
+        print(f"{K}-NN accuracy of the labels: {record['knn_acc_2d']:.3f} on the map, "
               f"{record['knn_acc_full']:.3f} in the full {embeddings.shape[1]}-dimensional space")
     codes, classes, colors = palette(labels)
     codes = codes if labels is not None else np.zeros(len(rows), dtype=int)

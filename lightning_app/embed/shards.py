@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import IterableDataset
 
-from lightning_app.data.collate import pad_rows
+from lightning_app.data.collate import length_sorted_batches
 from lightning_app.data.sources import open_corpus
 
 SHARD_FOLDER = "embeddings"
@@ -108,11 +109,10 @@ class ShardBatches(IterableDataset):
     def _batches(self, shard: int, first_row: int, docs: list[dict]) -> Iterator[dict]:
         ids = self.tokenizer([doc["text"] or "" for doc in docs], truncation=True, max_length=self.max_length,
                              verbose=False)["input_ids"]
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]), reverse=True)
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start:start + self.batch_size]
-            input_ids, attention_mask = pad_rows([ids[i] for i in chunk], self.tokenizer.pad_token_id or 0)
+        last = math.ceil(len(ids) / self.batch_size)
+        batches = length_sorted_batches(ids, self.tokenizer.pad_token_id or 0, self.batch_size)
+        for number, (chunk, input_ids, attention_mask) in enumerate(batches, 1):
             yield {"input_ids": input_ids, "attention_mask": attention_mask,
                    "rows": torch.tensor([first_row + i for i in chunk], dtype=torch.long),
                    "labels": [docs[i].get("label") for i in chunk] if "label" in docs[0] else None,
-                   "shard": shard, "done": start + self.batch_size >= len(order)}
+                   "shard": shard, "done": number == last}

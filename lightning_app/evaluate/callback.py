@@ -7,14 +7,20 @@ import os
 from lightning import Callback, LightningModule, Trainer
 
 from lightning_app.errors import ConfigError
+from lightning_app.probes.board import log_at_step
+
+# Tokens per text of MTEB during training and of the reproduction grid's models: shorter than the
+# paper's evaluation length (mteb_encoder.DEFAULT_MAX_LENGTH), as these evaluations repeat.
+TRAINING_MAX_LENGTH = 256
 
 
 class MtebCallback(Callback):
     """At the start of fit and every ``every_n_steps`` steps, evaluate the encoder being trained on
     an mteb task set and log ``mteb/<Block>`` (each block's mean main score) and ``mteb/mean``.
 
-    Rank 0 evaluates and broadcasts the scores, so every rank logs the same values. Results are
-    kept in mteb's JSON layout under ``output``, one revision (weights hash) per evaluation.
+    Rank 0 evaluates, at the trainer's precision, and broadcasts the scores, so every rank logs the
+    same values. Results are kept in mteb's JSON layout under ``output``, one revision (weights
+    hash) per evaluation.
 
     Args:
         tasks: a task set (``offline-fast``, ``offline``, ``paper``, ...) or comma-separated task
@@ -22,18 +28,18 @@ class MtebCallback(Callback):
         every_n_steps: training steps between evaluations.
         output: results folder; default: the run's log directory + ``/mteb``.
         batch_size: texts per forward pass.
-        max_seq_length: tokens kept per text.
+        max_length: tokens kept per text.
     """
 
     def __init__(self, tasks: str | None = None, every_n_steps: int = 100, output: str | None = None,
-                 batch_size: int = 32, max_seq_length: int = 256) -> None:
+                 batch_size: int = 32, max_length: int = TRAINING_MAX_LENGTH) -> None:
         if every_n_steps < 1:
             raise ConfigError(f"mteb.every_n_steps: expected >= 1, got {every_n_steps}")
         self.task_spec = tasks
         self.every_n_steps = every_n_steps
         self.output = output
         self.batch_size = batch_size
-        self.max_seq_length = max_seq_length
+        self.max_length = max_length
         self.last_step: int | None = None
         self.tasks: list = []
 
@@ -64,8 +70,8 @@ class MtebCallback(Callback):
             output = self.output or os.path.join(trainer.log_dir or trainer.default_root_dir, "mteb")
             name = f"lightning-app/{getattr(trainer.logger, 'name', None) or 'run'}"
             encoder = MtebEncoder(pl_module.encoder, pl_module.tokenizer, name, batch_size=self.batch_size,
-                                  max_seq_length=self.max_seq_length)
-            means = block_means(evaluate_tasks(encoder, self.tasks, output), self.blocks)
+                                  max_length=self.max_length)
+            with trainer.precision_plugin.forward_context():
+                means = block_means(evaluate_tasks(encoder, self.tasks, output), self.blocks)
         means = trainer.strategy.broadcast(means, src=0)
-        for logger in trainer.loggers:
-            logger.log_metrics({f"mteb/{block}": value for block, value in means.items()}, step=trainer.global_step)
+        log_at_step(trainer, {f"mteb/{block}": value for block, value in means.items()})

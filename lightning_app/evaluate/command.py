@@ -5,11 +5,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from lightning_app.checks import read_model_config
+from lightning_app.model.encoder import read_model_config
 from lightning_app.errors import ConfigError
-from lightning_app.evaluate.mteb_encoder import MtebEncoder
+from lightning_app.evaluate.mteb_encoder import DEFAULT_MAX_LENGTH, MtebEncoder
 from lightning_app.evaluate.report import Run, evaluate_layers, evaluate_tasks, tables, task_info, to_markdown, to_text
 from lightning_app.evaluate.tasks import resolve_tasks
+from lightning_app.model.precision import DEFAULT_PRECISION
 
 
 def parse_layer(layer: str | int | None) -> int | str | None:
@@ -39,8 +40,8 @@ def _run(role: str, model: str, encoder: MtebEncoder, tasks: list, output: Path,
 
 
 def mteb_command(*, model: str, tasks: str = "offline", output: str = "mteb_results", batch_size: int = 32,
-                 max_seq_length: int = 384, pooling: str | None = None, layer: str | None = None,
-                 device: str = "cpu", baseline: str | None = None) -> None:
+                 max_length: int = DEFAULT_MAX_LENGTH, pooling: str | None = None, layer: str | None = None,
+                 device: str = "cpu", precision: str = DEFAULT_PRECISION, baseline: str | None = None) -> None:
     """Evaluate a text embedding model on MTEB tasks; print and save a table of main scores by block.
 
     Scores come from mteb 2.x and are stored in its JSON layout under OUTPUT/results/<model>/<revision>,
@@ -57,12 +58,16 @@ def mteb_command(*, model: str, tasks: str = "offline", output: str = "mteb_resu
             Hugging Face cache or network access.
         output: Folder for mteb's result files and report.md; created if missing.
         batch_size: Texts per forward pass.
-        max_seq_length: Tokens kept per text; longer texts are truncated (the paper uses 384).
+        max_length: Tokens kept per text; longer texts are truncated (default: the paper's evaluation length).
         pooling: How token states become one embedding: mean (over non-padding tokens) or cls;
             nothing keeps the model's own (the checkpoint's, or the folder's pooling config; mean otherwise).
         layer: Which hidden layer to pool: nothing for the last, an index (0 = embeddings), or all
             for a task-by-layer table from one forward pass per text.
         device: Torch device to encode on, e.g. cpu, cuda, cuda:1, mps.
+        precision: auto (bf16 autocast where the device multiplies bf16 natively: a CUDA GPU from
+            Ampere on, a CPU with AMX or AVX512-BF16; float32 elsewhere), 32 (32-true) or
+            bf16-mixed. The report says which ran; a precision other than 32-true files results
+            in its own experiments folder.
         baseline: Optional second model, evaluated the same way and shown side by side with the
             difference (model - baseline).
     """
@@ -71,7 +76,7 @@ def mteb_command(*, model: str, tasks: str = "offline", output: str = "mteb_resu
     out = Path(output)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output: expected a folder, but {out} is a file")
-    options = dict(pooling=pooling, batch_size=batch_size, max_seq_length=max_seq_length, device=device)
+    options = dict(pooling=pooling, batch_size=batch_size, max_length=max_length, device=device, precision=precision)
     # Both models load (and fail on bad input) before anything is written.
     encoders = [(role, name, _load(role, name, chosen, **options))
                 for role, name in (("model", model), ("baseline", baseline)) if name]
@@ -83,8 +88,9 @@ def mteb_command(*, model: str, tasks: str = "offline", output: str = "mteb_resu
     lines = [f"# MTEB report: {model}", ""]
     lines += [f"- {run.role}: {run.model} (mteb name {run.name}, revision {run.revision})" for run in runs]
     lines += [f"- tasks: {tasks} ({len(task_list)} tasks)",
-              f"- settings: pooling {pooling or 'of the model'}, max_seq_length {max_seq_length}, layer "
-              f"{'last' if chosen is None else chosen}, batch_size {batch_size}, device {device}",
+              f"- settings: pooling {pooling or 'of the model'}, max_length {max_length}, layer "
+              f"{'last' if chosen is None else chosen}, batch_size {batch_size}, device {device}, precision "
+              f"{encoders[0][2].precision} ({precision})",
               f"- results: {out / 'results'} (mteb JSON)", f"- run time: {minutes}m {seconds:02d}s", "",
               "Main score x 100 per task, the mean of each block and the mean of block means."]
     for title, table in sections:

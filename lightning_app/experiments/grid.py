@@ -10,7 +10,6 @@ probes and seeds.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -18,15 +17,16 @@ import shutil
 import subprocess
 import sys
 import time
-from contextlib import redirect_stderr, redirect_stdout
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import yaml
 
-from lightning_app.errors import ConfigError
+from lightning_app.errors import ConfigError, first_line
 from lightning_app.experiments import children
+from lightning_app.probes.knn import FOLDS
 
 # The recipe each view's cells start from (relative paths: to the working folder, else to the project).
 RECIPES = {"crops": "configs/crop.yaml", "dropout": "configs/dropout.yaml", "token_crops": "configs/token_crop.yaml"}
@@ -45,27 +45,42 @@ PROJECT = Path(__file__).resolve().parents[2]
 
 @dataclass
 class Budget:
-    """What every trained cell shares; None keeps the recipe's value.
+    """What every trained cell trains with; None keeps the recipe's value.
 
     Args:
         steps: optimizer steps per run; ``epoch``: one epoch (documents / batch size); None: the recipe's.
         batch_size: pairs per step.
         lr: peak learning rate (the recipe's warmup and decay).
         max_length: tokens per view.
-        probe_every: probe every layer every this many steps (and at the end); None: steps / 4.
-        probe_documents: probe a seeded sample of this many labelled documents; None: all.
-        probe_max_length: tokens per probe document.
-        cv_folds: folds of the cross-validated kNN accuracy (0: only the 10% split).
+        val_documents: documents held out for the validation loss (``data.val_documents``).
+        limit_val_batches: batches of the validation loss at each probe (``trainer.limit_val_batches``).
     """
 
     steps: int | Literal["epoch"] | None = None
     batch_size: int | None = None
     lr: float | None = None
     max_length: int | None = None
-    probe_every: int | None = None
-    probe_documents: int | None = 1000
-    probe_max_length: int | None = None
-    cv_folds: int = 10
+    val_documents: int | None = 64
+    limit_val_batches: int | None = 2
+
+
+@dataclass
+class Probes:
+    """How every trained cell probes its layers on the labelled corpus.
+
+    Args:
+        every: probe every layer every this many steps (and at the end); None: steps / 4.
+        documents: probe a seeded sample of this many labelled documents; None: all.
+        max_length: tokens per probe document; None: the recipe's.
+        cv_folds: folds of the cross-validated kNN accuracy (0: only the 10% split).
+        projector: also write TensorBoard projector embeddings at each probe (``probe.projector``).
+    """
+
+    every: int | None = None
+    documents: int | None = 1000
+    max_length: int | None = None
+    cv_folds: int = FOLDS
+    projector: bool = False
 
 
 @dataclass
@@ -93,22 +108,13 @@ def recipe_file(path: str) -> Path:
     raise ConfigError(f"recipes: no config file at '{path}'; expected a `lightning fit` config such as configs/crop.yaml")
 
 
-def resolved(recipe: Path) -> dict:
-    """The complete ``lightning fit`` config a recipe file stands for (defaults filled in), as the
-    ``lightning`` command parses it (``--print_config``: nothing is built), in this process."""
-    from lightning_app.cli import main  # the fit parser (imports Lightning)
-
-    printed, errors, code = io.StringIO(), io.StringIO(), None
-    with redirect_stdout(printed), redirect_stderr(errors):
-        try:
-            main(["fit", "--config", str(recipe), "--print_config"])
-        except SystemExit as done:
-            code = done.code
-    config = yaml.safe_load(printed.getvalue()) if code == 0 else None
-    if not isinstance(config, dict):
-        error = (errors.getvalue().strip().splitlines() or ["no output"])[-1]
-        raise ConfigError(f"recipes: '{recipe}' is not a valid `lightning fit` config ({error})")
-    return config
+def resolved(recipe: Path, resolve: Callable[[Path], dict]) -> dict:
+    """The complete ``lightning fit`` config a recipe file stands for (defaults filled in), by
+    ``resolve``: the fit parser's, which the ``lightning`` command passes in (nothing is built)."""
+    try:
+        return resolve(recipe)
+    except Exception as error:  # the parser's ArgumentError, a ConfigError, a YAML error
+        raise ConfigError(f"recipes: '{recipe}' is not a valid `lightning fit` config ({first_line(error)})") from None
 
 
 @dataclass
@@ -139,11 +145,11 @@ class Cell:
         return self.done_file.exists()
 
 
-def probe_steps(steps: int, probe_every: int | None) -> int:
-    """The validation (probe) interval: ``probe_every``, or a quarter of the run; at most the run."""
-    if probe_every is not None and probe_every < 1:
-        raise ConfigError(f"budget.probe_every: expected >= 1 step or null, got {probe_every}")
-    return min(probe_every or max(1, math.ceil(steps / 4)), steps)  # at least one probe, at the end
+def probe_steps(steps: int, every: int | None) -> int:
+    """The validation (probe) interval: ``every``, or a quarter of the run; at most the run."""
+    if every is not None and every < 1:
+        raise ConfigError(f"probe.every: expected >= 1 step or null, got {every}")
+    return min(every or max(1, math.ceil(steps / 4)), steps)  # at least one probe, at the end
 
 
 def _set(config: dict, **values) -> None:
@@ -152,15 +158,17 @@ def _set(config: dict, **values) -> None:
 
 
 def cell_config(setting: str, seed: int, folder: Path, *, recipes: dict[str, Path], model: dict, corpus: dict,
-                budget: Budget, steps: int, num_layers: int, hardware: Hardware, probe_at_start: bool) -> dict:
+                budget: Budget, probe: Probes, steps: int, num_layers: int, hardware: Hardware,
+                probe_at_start: bool) -> dict:
     """The ``lightning fit`` config of one cell: its view's recipe file and what the grid changes in it."""
     view, trained = SETTINGS[setting]
     if trained is not None and trained > num_layers:
         raise ConfigError(f"settings: '{setting}' trains the last {trained} layers, but the model has {num_layers}")
-    every = probe_steps(steps, budget.probe_every)
+    every = probe_steps(steps, probe.every)
     config = {"config": str(recipes[view]), "seed_everything": seed}
-    _set(config, trainer__max_steps=steps, trainer__val_check_interval=every, trainer__limit_val_batches=2,
-         trainer__enable_progress_bar=False, trainer__default_root_dir=str(folder),
+    _set(config, trainer__max_steps=steps, trainer__val_check_interval=every,
+         trainer__limit_val_batches=budget.limit_val_batches, trainer__enable_progress_bar=False,
+         trainer__default_root_dir=str(folder),
          trainer__logger={"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                           "init_args": {"save_dir": str(folder), "name": "", "version": "tensorboard"}},
          trainer__callbacks=[], trainer__accelerator=hardware.accelerator, trainer__devices=hardware.devices,
@@ -168,12 +176,13 @@ def cell_config(setting: str, seed: int, folder: Path, *, recipes: dict[str, Pat
          checkpoint__dirpath=str(folder / "checkpoints"), checkpoint__every_n_train_steps=every,
          checkpoint__save_top_k=0, checkpoint__save_last=True, export__dirpath=str(folder / "export"),
          probe__corpora=[{"name": corpus["name"], "source": corpus["source"], "text_field": corpus["text_field"],
-                          "label_field": corpus["label_field"], "max_documents": budget.probe_documents}],
-         probe__max_length=budget.probe_max_length, probe__cv_folds=budget.cv_folds, probe__projector=False,
+                          "label_field": corpus["label_field"], "max_documents": probe.documents}],
+         probe__max_length=probe.max_length, probe__cv_folds=probe.cv_folds, probe__projector=probe.projector,
          probe__at_start=probe_at_start, drift__every_n_steps=every,
          model__frozen_layers=0 if trained is None else num_layers - trained, model__lr=budget.lr,
          data__source=corpus["source"], data__text_field=corpus["text_field"], data__max_length=budget.max_length,
-         data__batch_size=budget.batch_size, data__num_workers=hardware.num_workers, data__val_documents=64)
+         data__batch_size=budget.batch_size, data__num_workers=hardware.num_workers,
+         data__val_documents=budget.val_documents)
     config["mteb.tasks"] = None  # the grid evaluates the final models itself
     config.update({f"model.{key}": value for key, value in model.items()})
     return config

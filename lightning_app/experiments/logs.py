@@ -1,8 +1,7 @@
-"""Read a finished cell's own records: its TensorBoard scalars and its MTEB scores."""
+"""Read a finished cell's TensorBoard scalars."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -19,9 +18,3 @@ def read_scalars(log_dir: Path) -> dict[str, Series]:
     accumulator.Reload()
     return {tag: {event.step: event.value for event in accumulator.Scalars(tag)}
             for tag in accumulator.Tags()["scalars"]}
-
-
-def read_mteb(folder: Path) -> dict | None:
-    """``{"tasks": {name: score}, "blocks": {block: mean}, "mean": mean of block means}`` or None."""
-    path = folder / "scores.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None

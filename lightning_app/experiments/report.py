@@ -14,7 +14,8 @@ from matplotlib.figure import Figure
 
 from lightning_app.errors import ConfigError
 from lightning_app.experiments.grid import UNTRAINED, Cell
-from lightning_app.experiments.logs import read_mteb, read_scalars
+from lightning_app.evaluate.scores import read_scores
+from lightning_app.experiments.logs import read_scalars
 from lightning_app.probes import tags
 from lightning_app.probes.tags import Series, layer_series
 
@@ -71,7 +72,7 @@ def collect(cells: list[Cell], corpus: str, untrained_mteb: dict | None) -> dict
         drift = layer_series(scalars, tags.DRIFT)
         row.drift.append([values[max(values)] for values in drift])
         row.wall_s.append(json.loads(cell.done_file.read_text())["wall_s"])
-        mteb = read_mteb(cell.folder / "mteb")
+        mteb = read_scores(cell.folder / "mteb")
         if mteb:
             row.mteb.append({**mteb, "seed": cell.seed})
         if 0 in split[-1] and cell.seed not in base.seeds:

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from lightning_app.errors import ConfigError
+from lightning_app.errors import ConfigError, first_line
 from lightning_app.experiments import children
 from lightning_app.experiments.grid import Cell, Hardware, run_cell
 
@@ -65,10 +65,6 @@ def _run(command: list[str]) -> subprocess.CompletedProcess:
         raise ConfigError(f"launcher: 'slurm' needs `{command[0]}` on PATH (run on a SLURM login node)") from None
 
 
-def _first_line(text: str) -> str:
-    return next((line.strip() for line in text.splitlines() if line.strip()), "")
-
-
 def overlay_path() -> Path:
     """``configs/slurm.yaml`` of the checkout this package runs from, else of the working folder."""
     for root in (Path(__file__).resolve().parents[2], Path.cwd()):
@@ -94,7 +90,7 @@ def check_slurm(slurm: Slurm, hardware: Hardware) -> None:
         shown = _run(["scontrol", "show", "partition", slurm.partition])
         if shown.returncode != 0:
             raise ConfigError(f"slurm.partition: no partition '{slurm.partition}' on this cluster "
-                              f"({_first_line(shown.stderr + shown.stdout)})")
+                              f"({first_line(shown.stderr + shown.stdout)})")
     if shutil.which("sbatch") is None:
         raise ConfigError("launcher: 'slurm' needs `sbatch` on PATH (run on a SLURM login node)")
 
@@ -115,7 +111,7 @@ def queued_cells(folder: Path) -> dict[Path, str]:
         return {}
     listed = _run(["squeue", "--noheader", "--array", f"--user={getpass.getuser()}", "--format=%i %T"])
     if listed.returncode != 0:
-        raise ConfigError(f"launcher: squeue failed: {_first_line(listed.stderr + listed.stdout)}")
+        raise ConfigError(f"launcher: squeue failed: {first_line(listed.stderr + listed.stdout)}")
     active = {task for task, state in (line.split()[:2] for line in listed.stdout.splitlines() if line.strip())
               if state.upper() not in ENDED}
     queued = {}
@@ -185,7 +181,7 @@ def submit(cells: list[Cell], folder: Path, slurm: Slurm, parallel: int | None, 
     script.write_text(batch_script(slurm, tasks, len(todo), parallel), encoding="utf-8")
     done = _run(["sbatch", "--parsable", str(script)])
     if done.returncode != 0:
-        raise ConfigError(f"slurm: sbatch refused {script}: {_first_line(done.stderr + done.stdout)}")
+        raise ConfigError(f"slurm: sbatch refused {script}: {first_line(done.stderr + done.stdout)}")
     job = done.stdout.strip().split(";")[0]
     with open(slurm_folder / "jobs.tsv", "a", encoding="utf-8") as listing:
         listing.write(f"{job}\t{tasks.name}\n")
@@ -214,10 +210,10 @@ def run_task(tasks: Path, index: int) -> None:
         print(f"{cell.name}: done in {seconds:.0f} s", flush=True)
     mteb = plan.get("mteb")
     if mteb and cell.seed in mteb["seeds"]:
-        from lightning_app.experiments.command import mteb_scores
+        from lightning_app.evaluate.scores import mteb_scores
 
         device = "cuda" if mteb["gpu"] and torch.cuda.is_available() else "cpu"
-        mteb_scores(str(cell.export_dir), mteb["tasks"], cell.folder / "mteb", mteb["max_seq_length"], device)
+        mteb_scores(str(cell.export_dir), mteb["tasks"], cell.folder / "mteb", mteb["max_length"], device)
 
 
 def main(argv: list[str] | None = None) -> None:

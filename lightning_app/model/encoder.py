@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import inspect
+import os
+from pathlib import Path
 from typing import Literal
 
 import torch
 from torch import nn
 from transformers import AutoModel, PretrainedConfig, PreTrainedModel
 
-from lightning_app.checks import read_model_config
-from lightning_app.errors import ConfigError
+from lightning_app.errors import ConfigError, first_line
 from lightning_app.packaged import resolve_model
 
 Pooling = Literal["mean", "cls"]
@@ -21,6 +23,25 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: Pooling = 
         return hidden[:, 0]
     mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
     return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+
+
+def read_model_config(model: str, option: str, **kwargs) -> PretrainedConfig:
+    """The Hugging Face config of a hub id, local folder or ``packaged:`` model; anything else
+    (a folder without a model's config.json, a missing path) is one line naming ``option``."""
+    path = resolve_model(model)
+    if os.path.isfile(path):
+        raise ConfigError(f"{option}: '{model}' is a file; expected a model folder (with config.json), "
+                          "a hub id or packaged:minilm")
+    if os.path.isdir(path) and not (Path(path) / "config.json").is_file():
+        raise ConfigError(f"{option}: '{model}' is not a model folder (no config.json); expected a folder "
+                          "written by save_pretrained or lightning export, a hub id or packaged:minilm")
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(path, **kwargs)
+    except (OSError, ValueError, KeyError) as error:
+        raise ConfigError(f"{option}: cannot load '{model}' as a model ({first_line(error)}); expected a "
+                          "model folder (with config.json), a hub id or packaged:minilm") from None
 
 
 def model_config(model: str, config_overrides: dict | None = None, option: str = "model.model",
@@ -78,7 +99,7 @@ class Encoder(nn.Module):
                 self.backbone = AutoModel.from_pretrained(path, config=config, **kwargs)
             except RuntimeError as error:  # shapes changed by the overrides
                 raise ConfigError(f"model.config_overrides: {config_overrides} do not fit the pretrained weights "
-                                  f"of '{model}' ({str(error).splitlines()[0][:200]}); set model.pretrained: "
+                                  f"of '{model}' ({first_line(error, 200)}); set model.pretrained: "
                                   "false for a random-init model") from None
         else:
             self.backbone = AutoModel.from_config(config, **kwargs)
@@ -143,3 +164,7 @@ class Encoder(nn.Module):
     def _finish(self, embedding: torch.Tensor) -> torch.Tensor:
         return nn.functional.normalize(embedding, dim=-1) if self.normalize else embedding
 
+
+def encoder_options(hparams) -> dict:
+    """The ``Encoder`` arguments among a module's hyperparameters (its defaults fill the rest)."""
+    return {name: hparams[name] for name in inspect.signature(Encoder).parameters if name in hparams}

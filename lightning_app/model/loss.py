@@ -5,8 +5,17 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
+from lightning_app.errors import ConfigError
 
-def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float = 0.05, symmetric: bool = False,
+TEMPERATURE = 0.05  # the paper's
+
+
+def check_temperature(temperature: float) -> None:
+    if not temperature > 0:
+        raise ConfigError(f"model.temperature: expected > 0, got {temperature}")
+
+
+def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float = TEMPERATURE, symmetric: bool = False,
              a_all: torch.Tensor | None = None, b_all: torch.Tensor | None = None,
              offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """InfoNCE (van den Oord et al. 2018; SimCSE's unsupervised loss) and in-batch top-1 accuracy.
@@ -16,8 +25,7 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float = 0.05, symmet
     ``a_all``/``b_all`` are the views of all devices (defaults: the local ones) and ``offset`` is
     this device's first row in them. ``symmetric`` averages with the same loss from ``b`` to ``a``.
     """
-    if temperature <= 0:
-        raise ValueError(f"temperature: expected > 0, got {temperature}")
+    check_temperature(temperature)
     a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
     a_all = a if a_all is None else F.normalize(a_all, dim=-1)
     b_all = b if b_all is None else F.normalize(b_all, dim=-1)

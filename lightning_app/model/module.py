@@ -12,9 +12,9 @@ from transformers import get_linear_schedule_with_warmup
 
 from lightning_app.errors import ConfigError
 from lightning_app.model.chunking import by_length, chunked_embeddings
-from lightning_app.model.encoder import Encoder, Pooling
+from lightning_app.model.encoder import Encoder, Pooling, encoder_options
 from lightning_app.model.gradcache import cached_embeddings
-from lightning_app.model.loss import info_nce
+from lightning_app.model.loss import TEMPERATURE, check_temperature, info_nce
 from lightning_app.model.throughput import tokens_in
 from lightning_app.packaged import load_tokenizer
 
@@ -28,7 +28,7 @@ class ContrastiveModule(LightningModule):
         normalize: L2-normalise embeddings at inference and export (the loss always uses cosine).
         frozen_layers: freeze the embeddings and the first N transformer layers (0..num_layers);
             0 trains everything.
-        temperature: InfoNCE temperature (the paper: 0.05); must be > 0.
+        temperature: InfoNCE temperature (the paper's: ``loss.TEMPERATURE``); must be > 0.
         symmetric: average the loss over both directions (a->b and b->a).
         gather_negatives: under DDP, use every device's views as negatives (global batch).
         optimizer: ``adam`` (the paper) or ``adamw``.
@@ -53,15 +53,14 @@ class ContrastiveModule(LightningModule):
     """
 
     def __init__(self, model: str = "packaged:minilm", pooling: Pooling = "mean", normalize: bool = False,
-                 frozen_layers: int = 0, temperature: float = 0.05, symmetric: bool = False,
+                 frozen_layers: int = 0, temperature: float = TEMPERATURE, symmetric: bool = False,
                  gather_negatives: bool = True, optimizer: Literal["adam", "adamw"] = "adam",
                  lr: float = 2e-5, weight_decay: float = 0.0, warmup_fraction: float = 0.1,
                  trust_remote_code: bool = False, attn_implementation: str | None = None,
                  tokens_per_chunk: int | None = 4096, cache_chunk_size: int | None = None, pretrained: bool = True,
                  config_overrides: dict | None = None) -> None:
         super().__init__()
-        if temperature <= 0:
-            raise ConfigError(f"model.temperature: expected > 0, got {temperature}")
+        check_temperature(temperature)
         if not 0 <= warmup_fraction <= 1:
             raise ConfigError(f"model.warmup_fraction: expected 0..1, got {warmup_fraction}")
         if lr <= 0:
@@ -71,8 +70,7 @@ class ContrastiveModule(LightningModule):
         if cache_chunk_size is not None and cache_chunk_size < 1:
             raise ConfigError(f"model.cache_chunk_size: expected >= 1 rows or null, got {cache_chunk_size}")
         self.save_hyperparameters()
-        self.encoder = Encoder(model, pooling, normalize, frozen_layers, trust_remote_code, attn_implementation,
-                               pretrained, config_overrides)
+        self.encoder = Encoder(**encoder_options(self.hparams))
         self.flops_per_batch: int | None = None  # read by ThroughputMonitor (PairThroughput)
 
     @property

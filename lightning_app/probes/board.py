@@ -1,5 +1,5 @@
-"""What the probes show in TensorBoard beyond scalars: the accuracy-by-layer figure and the
-projector of the last layer's embeddings."""
+"""What the probes show in TensorBoard: scalars at the optimizer step, the accuracy-by-layer
+figure and the projector of the last layer's embeddings."""
 
 from __future__ import annotations
 
@@ -11,6 +11,13 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from lightning_app.probes import tags
+
+
+def log_at_step(trainer: Trainer, metrics: dict[str, float]) -> None:
+    """Log at ``global_step`` (the optimizer steps behind these weights): one x axis for every
+    probe, drift and MTEB point."""
+    for logger in trainer.loggers:
+        logger.log_metrics(metrics, step=trainer.global_step)
 
 
 def writers(trainer: Trainer) -> list:

@@ -6,7 +6,7 @@ import torch
 from lightning import Callback, LightningModule, Trainer
 
 from lightning_app.errors import ConfigError
-from lightning_app.probes import tags
+from lightning_app.probes import board, tags
 
 
 class LayerDrift(Callback):
@@ -60,7 +60,5 @@ class LayerDrift(Callback):
 
     def _log(self, trainer: Trainer, pl_module: LightningModule) -> None:
         values = self.drift(pl_module)
-        metrics = tags.layer_tags(tags.DRIFT, values)
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
+        board.log_at_step(trainer, tags.layer_tags(tags.DRIFT, values))
         self.logged_step = trainer.global_step

@@ -6,6 +6,7 @@ a GPU needs no round trip through numpy.
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torchmetrics.functional.classification import multiclass_accuracy
@@ -13,10 +14,15 @@ from torchmetrics.functional.classification import multiclass_accuracy
 from lightning_app.errors import ConfigError
 
 METRICS = ("euclidean", "cosine")
+# The paper's protocol: 10 neighbours, a seeded 10% stratified test split.
+K = 10
+TEST_FRACTION = 0.1
+SEED = 42
+FOLDS = 10  # cross-validated accuracy: every document is a test document once
 
 
 def stratified_split(
-    labels: torch.Tensor, test_fraction: float = 0.1, seed: int = 42
+    labels: torch.Tensor, test_fraction: float = TEST_FRACTION, seed: int = SEED
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Seeded stratified train/test split; returns sorted ``(train_idx, test_idx)`` on ``labels.device``.
 
@@ -52,7 +58,7 @@ def _distances(queries: torch.Tensor, train_x: torch.Tensor, metric: str) -> tor
 
 
 @torch.no_grad()
-def knn_predict(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, k: int = 10,
+def knn_predict(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, k: int = K,
                 metric: str = "euclidean", chunk_size: int = 1024) -> torch.Tensor:
     """Majority vote of the ``k`` nearest training points for each test row (uniform weights).
 
@@ -90,10 +96,21 @@ def knn_predict(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tens
 
 
 def knn_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
-                 k: int = 10, metric: str = "euclidean", chunk_size: int = 1024) -> float:
+                 k: int = K, metric: str = "euclidean", chunk_size: int = 1024) -> float:
     """Fraction of test rows whose kNN prediction (see ``knn_predict`` for the tie rule) equals ``test_y``."""
     predictions = knn_predict(train_x, train_y, test_x, k=k, metric=metric, chunk_size=chunk_size)
     return (predictions == test_y).sum().item() / len(test_y)
+
+
+def split_accuracy(points, labels: list, k: int = K, test_fraction: float = TEST_FRACTION, seed: int = SEED) -> float:
+    """kNN accuracy (Euclidean) of any (N, D) points and labels: a seeded stratified test split
+    (``stratified_split``; a class of one example stays in training) predicted from the rest."""
+    _, codes = np.unique(np.asarray([str(label) for label in labels]), return_inverse=True)
+    codes, points = torch.as_tensor(codes), torch.as_tensor(np.asarray(points, dtype=np.float32))
+    train_idx, test_idx = stratified_split(codes, test_fraction, seed)
+    if len(test_idx) == 0:
+        raise ConfigError("kNN accuracy needs a class with at least 2 examples (one to test)")
+    return knn_accuracy(points[train_idx], codes[train_idx], points[test_idx], codes[test_idx], min(k, len(train_idx)))
 
 
 def _check_layers(embeddings: torch.Tensor, labels: torch.Tensor) -> None:
@@ -120,8 +137,8 @@ def _layer_accuracy(embeddings: torch.Tensor, labels: torch.Tensor, test_sets: l
     return correct / tested
 
 
-def layer_knn_accuracy(embeddings: torch.Tensor, labels: torch.Tensor, k: int = 10, test_fraction: float = 0.1,
-                       seed: int = 42, metric: str = "euclidean") -> torch.Tensor:
+def layer_knn_accuracy(embeddings: torch.Tensor, labels: torch.Tensor, k: int = K, test_fraction: float = TEST_FRACTION,
+                       seed: int = SEED, metric: str = "euclidean") -> torch.Tensor:
     """kNN accuracy of each layer of ``embeddings`` (L, N, H), all layers sharing one stratified split.
 
     Returns a float64 tensor of shape (L,) on the CPU. Raises ``ConfigError`` if ``labels`` does not
@@ -181,7 +198,7 @@ def linear_probe_accuracy(
     return multiclass_accuracy(predictions, test_codes, num_classes=len(classes) + 1, average="micro").item()
 
 
-def stratified_folds(labels: torch.Tensor, folds: int = 10, seed: int = 42) -> list[torch.Tensor]:
+def stratified_folds(labels: torch.Tensor, folds: int = FOLDS, seed: int = SEED) -> list[torch.Tensor]:
     """``folds`` disjoint test index sets covering every example, each class dealt round-robin over
     the folds after a seeded shuffle (like sklearn's ``StratifiedKFold(shuffle=True)``), so every
     fold holds about ``1 / folds`` of each class. Sorted indices on ``labels.device``."""
@@ -200,7 +217,7 @@ def stratified_folds(labels: torch.Tensor, folds: int = 10, seed: int = 42) -> l
     return [torch.sort(torch.cat(part)).values.to(labels.device) for part in parts]
 
 
-def layer_knn_cv_accuracy(embeddings: torch.Tensor, labels: torch.Tensor, k: int = 10, folds: int = 10, seed: int = 42,
+def layer_knn_cv_accuracy(embeddings: torch.Tensor, labels: torch.Tensor, k: int = K, folds: int = FOLDS, seed: int = SEED,
                           metric: str = "euclidean") -> torch.Tensor:
     """Cross-validated kNN accuracy of each layer of ``embeddings`` (L, N, H): every example is
     predicted once, from the other folds (``stratified_folds``), so the score uses all N test

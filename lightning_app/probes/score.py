@@ -5,12 +5,12 @@ from __future__ import annotations
 import torch
 
 from lightning_app.probes import tags
-from lightning_app.probes.knn import (layer_knn_accuracy, layer_knn_cv_accuracy, linear_probe_accuracy,
-                                      stratified_split)
+from lightning_app.probes.knn import (K, SEED, TEST_FRACTION, layer_knn_accuracy, layer_knn_cv_accuracy,
+                                      linear_probe_accuracy, stratified_split)
 
 
-def layer_scores(layers: torch.Tensor, labels: torch.Tensor, *, k: int = 10, test_fraction: float = 0.1,
-                 seed: int = 42, metric: str = "euclidean", cv_folds: int = 0,
+def layer_scores(layers: torch.Tensor, labels: torch.Tensor, *, k: int = K, test_fraction: float = TEST_FRACTION,
+                 seed: int = SEED, metric: str = "euclidean", cv_folds: int = 0,
                  linear: bool = False) -> dict[str, torch.Tensor]:
     """Scores of every layer of ``layers`` (L, N, H), each an (L,) float64 tensor on the CPU:
     ``knn_acc`` (k nearest neighbours, seeded stratified ``test_fraction`` split: the paper's

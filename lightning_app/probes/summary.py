@@ -1,4 +1,5 @@
-"""The end of fit, in a few lines: did training help on each probe corpus, and what was exported.
+"""The end of fit, in a few lines: did training help on each probe corpus (with a paired 95%
+interval), is that corpus yours, what the label-free signals of your corpus did, and what was exported.
 
 Self-supervised fine-tuning does not always help: from a model that is already a good sentence
 encoder, some corpora end below the untrained model on the probes. The summary says so plainly,
@@ -16,7 +17,11 @@ from lightning.pytorch.utilities import rank_zero_only
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from lightning_app.probes import board
+from lightning_app.model.export import ExportEncoder
+from lightning_app.probes import board, verdict
+from lightning_app.probes.interval import knn_cv_correct
+from lightning_app.probes.knn import SEED
+from lightning_app.probes.plots import layout, palette
 
 
 @dataclass
@@ -44,9 +49,12 @@ def summarize(history: dict[str, list[tuple[int, float]]]) -> list[CorpusSummary
     return out
 
 
-def summary_lines(summaries: list[CorpusSummary], k: int, exported: str | None) -> list[str]:
-    """The printed and logged text: one line per corpus, a plain warning where training hurt."""
-    lines = [f"probe summary: last-layer {k}-NN accuracy at step 0, at the end, and at the best step"]
+def summary_lines(summaries: list[CorpusSummary], k: int, exported: str | None,
+                  details: dict[str, list[str]] | None = None, trailer: list[str] = ()) -> list[str]:
+    """The printed and logged text: one line per corpus, a plain warning where training hurt, the
+    corpus's ``details`` (its interval, whether it is the training corpus), then the ``trailer``."""
+    lines = [f"probe summary: last-layer {k}-NN accuracy at step 0, at the end, and at the best step" if summaries
+             else "probe summary: no labelled probe corpus (probe.corpora is empty)"]
     for s in summaries:
         start = f"step 0 {s.start[1]:.4f}" if s.start else "step 0 not probed"
         change = f" ({s.end[1] - s.start[1]:+.4f})" if s.start else ""
@@ -55,17 +63,63 @@ def summary_lines(summaries: list[CorpusSummary], k: int, exported: str | None) 
         if s.worse:
             lines.append(f"  {s.name}: training made it worse: the end ({s.end[1]:.4f}) is below step 0 "
                          f"({s.start[1]:.4f}); the untrained model or the best checkpoint may serve this corpus better.")
+        lines.extend((details or {}).get(s.name, []))
+    lines.extend(trailer)
     if exported:
         lines.append(f"  exported: {exported}")
     return lines
 
 
+def labelled_details(probe) -> tuple[dict[str, list[str]], tuple[str, float] | None, str | None]:
+    """Per labelled corpus of a ``LayerProbe``: its paired interval from step 0 to the end (``knn_cv_correct``
+    on the last layer) and whether it is the training corpus; also ``(corpus, share)`` of documents that
+    changed outcome (the training corpus's if it changed, else the first that did) and the first corpus
+    that is the training corpus."""
+    details, changes, own = {}, {}, None
+    for spec in probe.corpora:
+        lines = details.setdefault(spec.name, [])
+        if spec.name in probe.start_correct and spec.name in probe.last_layer:
+            step, end = probe.last_layer[spec.name]
+            after = knn_cv_correct(end, probe.prepared[spec.name].corpus.labels, probe.k, probe.folds, probe.seed,
+                                   probe.scoring["metric"])
+            line, changed = verdict.interval_line(spec.name, probe.start_correct[spec.name], after, probe.folds, step)
+            lines.append(line)
+            changes[spec.name] = changed
+        if probe.data_source:
+            lines.append(verdict.domain_line(spec.name, spec.source, spec.label_field, probe.data_source))
+            own = own or (spec.name if verdict.same_source(spec.source, probe.data_source) else None)
+    seen = own if changes.get(own) else next((name for name, share in changes.items() if share > 0), None)
+    return details, (seen, changes[seen]) if seen else None, own
+
+
+def corpus_lines(probe, seen: tuple[str, float] | None, own: str | None) -> list[str]:
+    """The training corpus's label-free signals (step 0 -> end, last layer) and what they cannot say."""
+    if not probe.data_source:
+        return []
+    heldout = probe.heldout
+    return [*verdict.signal_lines(heldout.series, list(heldout.sets or {}), heldout.held_out, probe.data_source),
+            *verdict.judgement_lines(own, seen)]
+
+
+def finish(trainer: Trainer, probe) -> None:
+    """What a ``LayerProbe`` shows at the end of fit, as asked: the projector, the t-SNE maps, the summary."""
+    if probe.projector and trainer.is_global_zero:
+        board.add_projectors(trainer, probe.last_layer, {name: p.corpus for name, p in probe.prepared.items()})
+    if probe.tsne:
+        log_tsne_maps(trainer, probe)
+    if probe.summary:
+        log_summary(trainer, probe)
+
+
 @rank_zero_only
 def log_summary(trainer: Trainer, probe) -> list[str]:
-    """Print the summary and add it to TensorBoard as text (``probe/summary``)."""
-    from lightning_app.export import ExportEncoder
+    """Print the summary and add it to TensorBoard as text (``probe/summary``): each corpus's last-layer kNN
+    accuracy at step 0, at the end and at its best step, its paired 95% interval and whether it is the
+    training corpus; the training corpus's label-free signals; and which weights were exported."""
     exporter = next((c for c in trainer.callbacks if isinstance(c, ExportEncoder)), None)
-    lines = summary_lines(summarize(probe.history), probe.k, exporter.chosen(trainer)[1] if exporter else None)
+    details, seen, own = labelled_details(probe)
+    lines = summary_lines(summarize(probe.history), probe.k, exporter.chosen(trainer)[1] if exporter else None,
+                          details, corpus_lines(probe, seen, own))
     print("\n".join(lines), flush=True)
     for writer in board.writers(trainer):
         writer.add_text("probe/summary", "\n".join(f"    {line}" for line in lines), trainer.global_step)
@@ -74,9 +128,8 @@ def log_summary(trainer: Trainer, probe) -> list[str]:
 
 
 def tsne_pair_figure(name: str, start: np.ndarray, end: np.ndarray, labels: list[str], end_step: int,
-                     seed: int = 42) -> np.ndarray:
+                     seed: int = SEED) -> np.ndarray:
     """An (H, W, 3) uint8 image: t-SNE of the step-0 and final embeddings, side by side, coloured by label."""
-    from lightning_app.embed.maps import layout, palette
     codes, classes, colors = palette(labels)
     figure = Figure(figsize=(9, 4.6), dpi=100)
     size = float(np.clip(8000 / max(len(labels), 1), 0.2, 8))

@@ -10,6 +10,7 @@ KNN = "knn_acc"  # kNN accuracy on the seeded 10% split (the paper's protocol)
 KNN_CV = "knn_cv_acc"  # k-fold cross-validated kNN accuracy
 LINEAR = "linear_acc"  # logistic-regression probe
 DRIFT = "drift"
+INDOMAIN = "indomain"  # label-free signals on held-out documents of the training corpus (no corpus may take the name)
 
 Series = dict[int, float]  # step -> value
 
@@ -17,6 +18,11 @@ Series = dict[int, float]  # step -> value
 def probe_tag(corpus: str, score: str) -> str:
     """``probe/<corpus>/<score>``: a score of the last layer (what ``ModelCheckpoint`` monitors)."""
     return f"probe/{corpus}/{score}"
+
+
+def indomain_tag(view: str, signal: str) -> str:
+    """``probe/indomain/<view>/<signal>``: a label-free signal of one view type (``/layer_NN`` per layer)."""
+    return probe_tag(INDOMAIN, f"{view}/{signal}")
 
 
 def layer_tag(prefix: str, layer: int, num_layers: int) -> str:

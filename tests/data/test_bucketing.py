@@ -6,7 +6,7 @@ import torch
 
 from lightning_app.data.bucketing import pair_length, regroup_by_length
 from lightning_app.data.views import Dropout
-from tests.data.test_datamodule import make
+from tests.helpers import make_datamodule as make
 
 
 def numbered_pairs(n: int) -> list[dict]:

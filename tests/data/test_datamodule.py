@@ -1,6 +1,5 @@
 import json
 from itertools import islice
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -9,8 +8,9 @@ from lightning_app.data.collate import PairCollator
 from lightning_app.data.datamodule import ContrastiveDataModule
 from lightning_app.data.pairs import held_out
 from lightning_app.data.stream import PairStream
-from lightning_app.data.views import Dropout, SentenceCrops
+from lightning_app.data.views import SentenceCrops
 from lightning_app.errors import ConfigError
+from tests.helpers import make_datamodule as make
 
 
 def numbered_corpus(folder, files: int = 4, per_file: int = 50) -> str:
@@ -29,15 +29,6 @@ def documents_seen(dm: ContrastiveDataModule, tokenizer, loader) -> list[int]:
         for row, mask in zip(batch["input_ids"][:half], batch["attention_mask"][:half]):
             seen.append(int(tokenizer.decode(row[mask.bool()], skip_special_tokens=True).split()[-1]))
     return seen
-
-
-def make(source, tokenizer_path="packaged:minilm", rank=0, world=1, **kwargs) -> ContrastiveDataModule:
-    kwargs = {"view": Dropout(whole_document=True), "batch_size": 4, "num_workers": 0, "val_fraction": 0.2,
-              **kwargs}
-    dm = ContrastiveDataModule(source=source, tokenizer=tokenizer_path, **kwargs)
-    dm.trainer = SimpleNamespace(global_rank=rank, world_size=world, max_steps=10, accumulate_grad_batches=1)
-    dm.setup("fit")
-    return dm
 
 
 def first_epoch(stream: PairStream) -> list[dict]:

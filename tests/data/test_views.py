@@ -2,7 +2,6 @@ import random
 
 import pytest
 
-from lightning_app.checks import check_span_length
 from lightning_app.data.collate import PairCollator
 from lightning_app.data.pairs import token_ids
 from lightning_app.data.sources import news_articles
@@ -114,7 +113,7 @@ def test_token_spans_survive_collation_within_the_ratio_of_their_window(bbc_text
     articles = [row["text"] for _, row in zip(range(400), news_articles(packaged_path("packaged:newsarticles")))]
     texts = [text for text, _ in bbc_texts[::10]] + articles[::2]
     view, collate = TokenCrops(chunk_tokens=252), PairCollator(tokenizer, max_length=128)
-    check_span_length(view, 128, collate.body)
+    view.check_fits(collate.body, 128)
     lengths, long_documents = [], 0
     for i, text in enumerate(texts):
         ids = token_ids(tokenizer, text)
@@ -168,14 +167,14 @@ def test_token_spans_of_a_document_shorter_than_the_window_are_drawn_as_before()
 def test_span_length_check_names_the_largest_window_that_fits(ratio_max):
     too_long = TokenCrops(ratio_max=ratio_max, chunk_tokens=2000)
     with pytest.raises(ConfigError) as refused:
-        check_span_length(too_long, 128, 126)
+        too_long.check_fits(126, 128)
     message = str(refused.value)
     assert message.startswith("data.view.init_args.chunk_tokens: expected chunk_tokens <= ")
     fits = int(message.split("<= ")[1].split()[0])
     assert f"at data.max_length 128, or data.max_length >= {too_long.longest_span() + 2} " in message
-    check_span_length(TokenCrops(ratio_max=ratio_max, chunk_tokens=fits), 128, 126)
+    TokenCrops(ratio_max=ratio_max, chunk_tokens=fits).check_fits(126, 128)
     with pytest.raises(ConfigError):
-        check_span_length(TokenCrops(ratio_max=ratio_max, chunk_tokens=fits + 1), 128, 126)
+        TokenCrops(ratio_max=ratio_max, chunk_tokens=fits + 1).check_fits(126, 128)
     # the bound holds for every span drawn from a full window
     view, ids = TokenCrops(ratio_min=0.1, ratio_max=ratio_max, chunk_tokens=fits), list(range(3 * fits))
     rng = random.Random(0)

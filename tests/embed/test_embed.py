@@ -16,15 +16,18 @@ import torch
 from lightning_app.cli import main
 from lightning_app.embed import shards as shards_module
 from lightning_app.embed.shards import shard_files
-from lightning_app.export import export_encoder, load_encoder
+from lightning_app.model.export import export_encoder
+from lightning_app.model.load import load_encoder
 
 MAX_LENGTH = 64
 
 
-def embed(output, model, corpus, *extra):
-    main(["embed", f"--model={model}", f"--corpus={corpus}", f"--output={output}", "--text_field=body",
+def embed(output, model, corpus, *extra, precision="32"):
+    """``lightning embed`` of the test corpus; float32 unless ``precision`` says otherwise (auto would
+    follow this machine's CPU)."""
+    main(["embed", f"--model={model}", f"--source={corpus}", f"--output={output}", "--text_field=body",
           "--label_field=topic", f"--max_length={MAX_LENGTH}", "--batch_size=16", "--shard_size=64",
-          "--accelerator=cpu", "--devices=1", *extra])
+          "--accelerator=cpu", "--devices=1", f"--precision={precision}", *extra])
 
 
 def corpus_rows(path) -> list[dict]:
@@ -77,12 +80,12 @@ def test_every_row_once_in_corpus_order_with_labels_and_the_module_embeddings(em
 
 
 def test_meta_names_model_revision_and_count(embedded, tiny_model):
-    from lightning_app.evaluate.mteb_encoder import weights_revision
+    from lightning_app.model.load import weights_revision
     meta = json.loads((embedded / "meta.json").read_text())
     encoder, _ = load_encoder(tiny_model)
     assert meta["revision"] == weights_revision(encoder)
     assert (meta["model"], meta["pooling"], meta["layer"], meta["dimension"]) == (tiny_model, "mean", 2, 32)
-    assert (meta["count"], meta["complete"], meta["shards"]) == (130, True, 3)
+    assert (meta["count"], meta["complete"], meta["shards"], meta["precision"]) == (130, True, 3, "32-true")
     assert meta["command"].startswith("lightning embed --model=") and "--shard_size=64" in meta["command"]
 
 
@@ -98,11 +101,25 @@ def test_a_chosen_layer_normalized_equals_the_module(tmp_path, tiny_model, corpu
 def test_equals_the_exported_sentence_transformers_model(tmp_path, tiny_model, corpus):
     from sentence_transformers import SentenceTransformer
     encoder, tokenizer = load_encoder(tiny_model)
-    folder = export_encoder(encoder, tokenizer, tmp_path / "export", max_seq_length=MAX_LENGTH)
+    folder = export_encoder(encoder, tokenizer, tmp_path / "export", max_length=MAX_LENGTH)
     embed(tmp_path / "out", str(folder), corpus, "--max_documents=50")
     texts = [r["body"] for r in corpus_rows(corpus)[:50]]
     expected = SentenceTransformer(str(folder), device="cpu").encode(texts, batch_size=16)
     np.testing.assert_allclose(np.stack(read_output(tmp_path / "out")["embedding"].to_numpy()), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("flags, used", [({"amx_bf16"}, "bf16-mixed"), (set(), "32-true")])
+def test_auto_precision_is_the_hardware_s_and_recorded(tmp_path, tiny_model, corpus, monkeypatch, flags, used):
+    monkeypatch.setattr("lightning_app.model.precision.cpu_flags", lambda: frozenset(flags))
+    embed(tmp_path, tiny_model, corpus, "--max_documents=40", precision="auto")
+    assert json.loads((tmp_path / "meta.json").read_text())["precision"] == used
+    got = np.stack(read_output(tmp_path)["embedding"].to_numpy())
+    expected = module_embeddings(tiny_model, [r["body"] for r in corpus_rows(corpus)[:40]])
+    cosine = (got * expected).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(expected, axis=1)
+    if used == "32-true":
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+    else:
+        assert 0.99 < cosine.min() and not np.allclose(got, expected, atol=1e-5)  # bf16 ran, close to float32
 
 
 def test_an_interrupted_run_continues_from_its_complete_shards(tmp_path, tiny_model, corpus, embedded, monkeypatch):
@@ -132,6 +149,7 @@ def test_an_interrupted_run_continues_from_its_complete_shards(tmp_path, tiny_mo
     assert json.loads((tmp_path / "meta.json").read_text())["complete"]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_two_gloo_processes_write_the_same_rows_as_one(tmp_path, tiny_model, corpus, embedded):
     embed(tmp_path, tiny_model, corpus, "--devices=2", "--strategy=ddp_spawn")
@@ -155,8 +173,8 @@ def bad(capsys, tmp_path, *args) -> str:
 
 def test_bad_input_stops_with_one_line_before_any_work(tmp_path, tiny_model, bert_b, corpus, embedded, capsys):
     out = str(tmp_path / "out")
-    common = [f"--corpus={corpus}", "--text_field=body"]
-    assert bad(capsys, tmp_path, f"--model={tiny_model}", f"--corpus={corpus}", "--text_field=content",
+    common = [f"--source={corpus}", "--text_field=body"]
+    assert bad(capsys, tmp_path, f"--model={tiny_model}", f"--source={corpus}", "--text_field=content",
                f"--output={out}").startswith("error: text_field: 'content' is not a column of")
     assert bad(capsys, tmp_path, "--model=no-such-org/no-such-model", *common, f"--output={out}").startswith(
         "error: model: cannot load 'no-such-org/no-such-model'")
@@ -172,10 +190,12 @@ def test_bad_input_stops_with_one_line_before_any_work(tmp_path, tiny_model, ber
         "error: layer: expected an integer in 0..2")
     assert bad(capsys, tmp_path, f"--model={tiny_model}", *common, f"--output={out}", "--map_threads=0") == (
         "error: map_threads: expected -1 (every core) or an integer >= 1, got 0")
+    assert bad(capsys, tmp_path, f"--model={tiny_model}", *common, f"--output={out}", "--precision=16-mixed") == (
+        "error: precision: expected one of auto, 32, 32-true, bf16-mixed, bf16-true, got '16-mixed'")
     assert not os.path.exists(out)  # nothing created by a refused run
     before = {f.name: f.stat().st_mtime_ns for f in shard_files(embedded)}
     message = bad(capsys, tmp_path, f"--model={bert_b}", *common, "--label_field=topic", f"--output={embedded}",
-                  f"--max_length={MAX_LENGTH}", "--shard_size=64")
+                  f"--max_length={MAX_LENGTH}", "--shard_size=64", "--precision=32")
     assert message.startswith(f"error: output: {embedded} holds embeddings made with other settings: model")
     assert "revision" in message
     assert {f.name: f.stat().st_mtime_ns for f in shard_files(embedded)} == before
@@ -191,5 +211,5 @@ def test_umap_without_umap_learn_says_how_to_install(tmp_path, tiny_model, corpu
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_umap)
-    assert bad(capsys, tmp_path, f"--model={tiny_model}", f"--corpus={corpus}", f"--output={tmp_path / 'o'}",
+    assert bad(capsys, tmp_path, f"--model={tiny_model}", f"--source={corpus}", f"--output={tmp_path / 'o'}",
                "--map=umap") == "error: map: umap needs umap-learn: pip install 'lightning-app-embeddings[umap]'"

@@ -14,7 +14,9 @@ import pytest
 from matplotlib.image import imread
 
 from lightning_app.cli import main
-from lightning_app.embed.maps import knn_accuracy, palette, read_embeddings
+from lightning_app.embed.maps import read_embeddings
+from lightning_app.probes.knn import split_accuracy
+from lightning_app.probes.plots import palette
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +27,7 @@ def mapped(tmp_path_factory, tiny_model, bbc_texts):
         for i, (text, topic) in enumerate(bbc_texts[::9][:240]):
             text = f"From https://example.org/{i} </script> " + text  # a URL and markup inside a text
             f.write(json.dumps({"body": text, "topic": topic}) + "\n")
-    main(["embed", f"--model={tiny_model}", f"--corpus={corpus}", f"--output={folder / 'out'}", "--text_field=body",
+    main(["embed", f"--model={tiny_model}", f"--source={corpus}", f"--output={folder / 'out'}", "--text_field=body",
           "--label_field=topic", "--max_length=48", "--accelerator=cpu", "--devices=1", "--map=tsne"])
     return folder / "out", [json.loads(line) for line in corpus.open()]
 
@@ -38,8 +40,8 @@ def test_map_files_rows_labels_and_knn_in_meta(mapped):
     assert np.isfinite(table[["x", "y"]].to_numpy()).all() and table[["x", "y"]].to_numpy().std(0).min() > 0
     meta = json.loads((out / "meta.json").read_text())["map"]
     rows, labels, embeddings = read_embeddings(out)
-    assert meta["knn_acc_full"] == round(knn_accuracy(embeddings, labels), 4)
-    assert meta["knn_acc_2d"] == round(knn_accuracy(table[["x", "y"]].to_numpy(), labels), 4)
+    assert meta["knn_acc_full"] == round(split_accuracy(embeddings, labels), 4)
+    assert meta["knn_acc_2d"] == round(split_accuracy(table[["x", "y"]].to_numpy(), labels), 4)
     assert (meta["method"], meta["points"], meta["knn_k"], meta["html_points"]) == ("tsne", 240, 10, 240)
     assert imread(out / "map.png").shape[2] in (3, 4)
 

@@ -20,7 +20,7 @@ def test_callback_logs_block_means_at_start_and_every_n_steps(tmp_path, tiny_mod
     logger = TensorBoardLogger(tmp_path, name="run")
     trainer = Trainer(accelerator="cpu", max_steps=4, logger=logger, enable_checkpointing=False,
                       enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                      callbacks=[MtebCallback(tasks="LeeDocumentSimilarity", every_n_steps=2, max_seq_length=64)])
+                      callbacks=[MtebCallback(tasks="LeeDocumentSimilarity", every_n_steps=2, max_length=64)])
     data = ContrastiveDataModule(source=bbc_jsonl, text_field="body", view=SentenceCrops(), tokenizer=tiny_model,
                                  batch_size=4, max_length=32, num_workers=0)
     trainer.fit(ContrastiveModule(tiny_model, lr=1e-3), data)

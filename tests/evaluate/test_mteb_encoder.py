@@ -12,7 +12,8 @@ from datasets import Dataset  # noqa: E402
 from mteb._create_dataloaders import create_dataloader  # noqa: E402
 
 from lightning_app.errors import ConfigError  # noqa: E402
-from lightning_app.evaluate.mteb_encoder import MtebEncoder, load_model, model_name  # noqa: E402
+from lightning_app.evaluate.mteb_encoder import MtebEncoder, model_name  # noqa: E402
+from lightning_app.model.load import load_encoder  # noqa: E402
 from lightning_app.evaluate.report import evaluate_task  # noqa: E402
 from lightning_app.evaluate.tasks import LeeDocumentSimilarity  # noqa: E402
 
@@ -50,27 +51,44 @@ def test_layer_choice_and_all_layer_views_agree(bert_a):
 
 
 @pytest.mark.parametrize(("option", "value"), [
-    ("layer", 3), ("layer", -1), ("max_seq_length", 0), ("max_seq_length", 513), ("batch_size", 0),
-    ("device", "nonsense")])
+    ("layer", 3), ("layer", -1), ("max_length", 0), ("max_length", 513), ("batch_size", 0),
+    ("device", "nonsense"), ("precision", "bf16-true")])
 def test_bad_options_name_the_option(bert_a, option, value):
     with pytest.raises(ConfigError, match=f"^{option}: "):
         MtebEncoder.load(bert_a, **{option: value})
 
 
-def test_texts_are_truncated_to_max_seq_length(bert_a):
+def test_texts_are_truncated_to_max_length(bert_a):
     words = " ".join(f"word{i}" for i in range(200))
-    short = MtebEncoder.load(bert_a, max_seq_length=8)
+    short = MtebEncoder.load(bert_a, max_length=8)
     tokens = short.tokenizer(words, truncation=True, max_length=8)["input_ids"][1:-1]
     prefix = short.tokenizer.decode(tokens)
     np.testing.assert_allclose(short.embed([words]), short.embed([prefix]), atol=1e-5)
-    assert not np.allclose(MtebEncoder.load(bert_a, max_seq_length=64).embed([words]),
+    assert not np.allclose(MtebEncoder.load(bert_a, max_length=64).embed([words]),
                            short.embed([words]))
 
 
 def test_settings_other_than_defaults_get_their_own_experiment_folder(bert_a):
     assert MtebEncoder.load(bert_a).mteb_model_meta.experiment_kwargs is None
-    meta = MtebEncoder.load(bert_a, layer=1, max_seq_length=64).mteb_model_meta
-    assert meta.experiment_kwargs == {"layer": 1, "max_seq_length": 64}
+    meta = MtebEncoder.load(bert_a, layer=1, max_length=64).mteb_model_meta
+    assert meta.experiment_kwargs == {"layer": 1, "max_length": 64}
+
+
+@pytest.mark.parametrize("flags, used", [({"avx512_bf16"}, "bf16-mixed"), (set(), "32-true")])
+def test_auto_precision_follows_the_device_and_files_bf16_apart(bert_a, monkeypatch, flags, used):
+    monkeypatch.setattr("lightning_app.model.precision.cpu_flags", lambda: frozenset(flags))
+    auto = MtebEncoder.load(bert_a, precision="auto")
+    full = MtebEncoder.load(bert_a, precision="32")
+    assert (auto.precision, full.precision, auto.revision) == (used, "32-true", full.revision)
+    assert full.mteb_model_meta.experiment_kwargs is None
+    got, expected = auto.embed(TEXTS), full.embed(TEXTS)
+    if used == "32-true":
+        assert auto.mteb_model_meta.experiment_kwargs is None
+        np.testing.assert_array_equal(got, expected)
+    else:
+        assert auto.mteb_model_meta.experiment_kwargs == {"precision": "bf16-mixed"}
+        cosine = (got * expected).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(expected, axis=1)
+        assert cosine.min() > 0.99 and not np.allclose(got, expected, atol=1e-5)
 
 
 def test_revision_is_a_weight_hash(bert_a, bert_b):
@@ -82,7 +100,7 @@ def test_revision_is_a_weight_hash(bert_a, bert_b):
 
 def test_different_weights_never_share_cached_results(bert_a, tmp_path):
     """Two checkpoints with one model name: mteb's cache must not hand one the other's scores."""
-    encoder, tokenizer = load_model(bert_a)
+    encoder, tokenizer = load_encoder(bert_a)
     first = MtebEncoder(encoder, tokenizer, "local/checkpoint")
     score_before = evaluate_task(first, LeeDocumentSimilarity(), mteb.ResultCache(tmp_path))
     before = first.embed(TEXTS)

@@ -147,23 +147,24 @@ def test_hub_task_without_network_fails_in_one_line_and_keeps_output(bert_a, tmp
 
 
 def test_command_writes_side_by_side_report_and_reuses_results(bert_a, bert_b, tmp_path, capsys):
-    mteb_command(model=bert_a, tasks="LeeDocumentSimilarity", output=str(tmp_path), max_seq_length=64,
-                 baseline=bert_b)
+    mteb_command(model=bert_a, tasks="LeeDocumentSimilarity", output=str(tmp_path), max_length=64,
+                 precision="32", baseline=bert_b)
     report = (tmp_path / "report.md").read_text()
     assert "| model | baseline | difference |" in report and "LeeDocumentSimilarity" in report
+    assert "device cpu, precision 32-true (32)" in report
     assert "mean of block means" in capsys.readouterr().out
-    results = sorted(tmp_path.glob("results/*/*/experiments/max_seq_length_64/LeeDocumentSimilarity.json"))
+    results = sorted(tmp_path.glob("results/*/*/experiments/max_length_64/LeeDocumentSimilarity.json"))
     assert len(results) == 2  # one per model revision
     scores = [json.loads(p.read_text())["scores"]["test"][0]["main_score"] for p in results]
     for score in scores:
         assert f"{100 * score:.2f}" in report
     stamps = [p.stat().st_mtime_ns for p in results]
-    mteb_command(model=bert_a, tasks="LeeDocumentSimilarity", output=str(tmp_path), max_seq_length=64)
+    mteb_command(model=bert_a, tasks="LeeDocumentSimilarity", output=str(tmp_path), max_length=64, precision="32")
     assert [p.stat().st_mtime_ns for p in results] == stamps  # read back, not re-run
 
 
 def test_command_layer_all_writes_a_task_by_layer_table(bert_a, tmp_path):
-    mteb_command(model=bert_a, tasks="LeeDocumentSimilarity", output=str(tmp_path), layer="all")
+    mteb_command(model=bert_a, tasks="LeeDocumentSimilarity", output=str(tmp_path), layer="all", precision="32")
     report = (tmp_path / "report.md").read_text()
     assert "by layer" in report and "| emb | L1 | L2 |" in report
     layer_folders = {p.parent.name for p in tmp_path.glob("results/*/*/experiments/*/LeeDocumentSimilarity.json")}

@@ -65,7 +65,7 @@ def test_missing_data_package_names_the_pip_command(monkeypatch):
 
 @pytest.fixture(scope="module")
 def minilm():
-    return MtebEncoder.load("packaged:minilm", max_seq_length=128)
+    return MtebEncoder.load("packaged:minilm", max_length=128)
 
 
 def subsample(task, per_label: int):
@@ -97,7 +97,7 @@ def test_offline_task_scores_minilm_well_above_chance(make, low, high, minilm, t
 
 def test_offline_tasks_embed_every_document(tmp_path):
     """mteb's defaults would embed 4% of a clustering corpus and 8 training texts per label."""
-    encoder = MtebEncoder.load("packaged:minilm", max_seq_length=16)
+    encoder = MtebEncoder.load("packaged:minilm", max_length=16)
     for task in (subsample(BBCNewsClustering(), 30), subsample(BBCNewsClassification(), 30)):
         encoder.clear_cache()
         evaluate_task(encoder, task, mteb.ResultCache(tmp_path))

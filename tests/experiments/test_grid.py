@@ -14,13 +14,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lightning_app.checks import check_span_length
 from lightning_app.cli import main
 from lightning_app.data.views import TokenCrops
-from lightning_app.experiments.grid import ALL_SETTINGS, RECIPES, Budget, Hardware, plan, recipe_file, resolved
+from lightning_app.cli.fit import resolve_recipe
+from lightning_app.experiments.grid import ALL_SETTINGS, RECIPES, Budget, Hardware, Probes, plan, recipe_file
 from lightning_app.experiments.logs import read_scalars
 from lightning_app.probes.tags import layer_series
 from lightning_app.packaged import packaged_path
+from tests.experiments.holds import held_recipe, python_path, recipes_option
+from tests.helpers import launches
 
 SETTINGS = ["dropout", "crops", "token_crops", "crops_last2", "crops_last1"]
 # The end-to-end grid: untrained, two views and a frozen prefix (the other settings differ only in
@@ -31,46 +33,45 @@ FIGURES = ("knn_by_layer.png", "knn_by_step.png", "drift_by_layer.png")
 
 
 def grid_args(model, corpus, output, *extra) -> list[str]:
-    return ["reproduce", f"--corpus={corpus}", "--text_field=body", "--label_field=topic", "--name=bbc",
+    return ["reproduce", f"--source={corpus}", "--text_field=body", "--label_field=topic", "--name=bbc",
             f"--model={model}", "--settings=[untrained, dropout, crops, crops_last1]", "--seeds=[1, 2]", "--budget.steps=2", "--budget.batch_size=8",
-            "--budget.lr=1e-3", "--budget.max_length=32", "--budget.probe_every=1", "--budget.probe_documents=null",
-            "--budget.probe_max_length=32", "--budget.cv_folds=5", "--hardware.accelerator=cpu",
-            "--hardware.num_workers=0", "--mteb_tasks=LeeDocumentSimilarity", "--mteb_max_seq_length=32",
+            "--budget.lr=1e-3", "--budget.max_length=32", "--probe.every=1", "--probe.documents=null",
+            "--probe.max_length=32", "--probe.cv_folds=5", "--hardware.accelerator=cpu",
+            "--hardware.num_workers=0", "--mteb.tasks=LeeDocumentSimilarity", "--mteb.max_length=32",
             f"--output={output}", *extra]
-
-
-def launches(cell: Path) -> int:
-    """How many times the cell's ``lightning fit`` was started (one line per launch in fit.log)."""
-    return sum(line.startswith("$ ") for line in (cell / "fit.log").read_text().splitlines())
 
 
 @pytest.fixture(scope="module")
 def grid(tmp_path_factory, tiny_model):
-    """A 2-seed grid (3 trained settings) on 300 BBC articles with the tiny BERT, killed during its
-    third cell and rerun."""
+    """A 2-seed grid (3 trained settings) on 300 BBC articles with the tiny BERT, killed while its
+    third cell is held as its fit sets up, and rerun."""
     folder = tmp_path_factory.mktemp("grid")
     corpus = folder / "bbc.jsonl"
     paths = sorted(packaged_path("packaged:bbcnews").glob("*/*.txt"))[::7][:300]
     corpus.write_text("".join(json.dumps({"body": p.read_bytes().decode("latin-1"), "topic": p.parent.name}) + "\n"
                               for p in paths))
     output = folder / "results"
-    args = grid_args(tiny_model, corpus, output)
+    # The crops recipe holds the third cell (crops_last1/seed1) at its fit's first hook until it is killed.
+    held = folder / "third-cell-held"
+    recipe = held_recipe(folder, "configs/crop.yaml", step=0, marker=str(held), cell="crops_last1/seed1")
+    args = grid_args(tiny_model, corpus, output, recipes_option(crops=recipe))
     first = subprocess.Popen([sys.executable, "-m", "lightning_app", *args], start_new_session=True,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    third = output / "crops_last1" / "seed1" / "fit.log"
+                             env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": python_path()})
     deadline = time.monotonic() + 300
-    while not (third.exists() and (output / "crops" / "seed1" / "done.json").exists()):
-        assert first.poll() is None and time.monotonic() < deadline, "the grid ended before its third cell"
+    while not held.exists():
+        assert first.poll() is None and time.monotonic() < deadline, "the grid ended before its third cell was held"
         time.sleep(0.2)
-    time.sleep(3)  # the third cell is starting up or training
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
     finished = {p.parent.relative_to(output): p.read_text() for p in output.glob("*/seed*/done.json")}
-    main(args)  # the rerun, in this process
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PYTHONPATH", python_path())
+        main(args)  # the rerun, in this process (the held marker exists: nothing is held again)
     return output, finished
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_interrupted_grid_reruns_only_the_missing_cells(grid):
     output, finished = grid
@@ -86,9 +87,13 @@ def test_interrupted_grid_reruns_only_the_missing_cells(grid):
             assert not (cell / "checkpoints").exists()  # removed once the cell finished
             config = yaml.safe_load((cell / "config.yaml").read_text())
             assert config["seed_everything"] == seed and config["trainer.max_steps"] == 2
-            assert config["config"] == str(ROOT / ("configs/dropout.yaml" if setting == "dropout" else "configs/crop.yaml"))
+            if setting == "dropout":
+                assert config["config"] == str(ROOT / "configs/dropout.yaml")
+            else:  # configs/crop.yaml with the test's hold as its profiler
+                assert yaml.safe_load(Path(config["config"]).read_text())["config"] == str(ROOT / "configs/crop.yaml")
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_every_report_file_is_written(grid):
     output, _ = grid
@@ -104,7 +109,7 @@ def test_every_report_file_is_written(grid):
     for setting in TRAINED:
         scores = json.loads((output / setting / "seed1" / "mteb" / "scores.json").read_text())
         assert set(scores["tasks"]) == {"LeeDocumentSimilarity"} and scores["mean"] == scores["blocks"]["STS"]
-        assert not (output / setting / "seed2" / "mteb").exists()  # mteb_seeds: 1
+        assert not (output / setting / "seed2" / "mteb").exists()  # mteb.seeds: 1
     assert (output / "untrained" / "mteb" / "scores.json").exists()
 
 
@@ -112,6 +117,7 @@ def mean_std(values):
     return f"{100 * statistics.fmean(values):.1f} ± {100 * statistics.stdev(values):.1f}"
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_table_numbers_come_from_the_cells_logs(grid):
     output, _ = grid
@@ -136,11 +142,12 @@ def test_table_numbers_come_from_the_cells_logs(grid):
         read_scalars(output / "crops" / "seed2" / "tensorboard")["probe/bbc/knn_cv_acc"][2], abs=1e-4)
     lee = json.loads((output / "crops" / "seed1" / "mteb" / "scores.json").read_text())["mean"]
     assert float(runs["crops", "1"]["mteb_mean"]) == pytest.approx(lee, abs=1e-4)
-    assert runs["crops", "2"]["mteb_mean"] == ""  # mteb_seeds: 1
+    assert runs["crops", "2"]["mteb_mean"] == ""  # mteb.seeds: 1
     assert rows["crops"]["mteb"] == f"{100 * lee:.1f}"  # one model: no spread to show
     assert rows["crops"]["paper_knn"] == "55.8" and rows["crops, last 1 layer"]["paper_knn"] == "-"
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_a_rerun_of_a_finished_grid_runs_nothing(grid, tiny_model, capsys):
     output, _ = grid
@@ -152,7 +159,7 @@ def test_a_rerun_of_a_finished_grid_runs_nothing(grid, tiny_model, capsys):
     assert options["seeds"] == [1, 2]
     # The same folder with another budget is refused, naming the cell, before anything runs.
     with pytest.raises(SystemExit) as exit_info:
-        main(grid_args(tiny_model, options["corpus"], output, "--budget.lr=5e-4"))
+        main(grid_args(tiny_model, options["source"], output, "--budget.lr=5e-4"))
     assert exit_info.value.code == 2
     assert "holds a finished dropout/seed1 run with a different config" in capsys.readouterr().err
 
@@ -162,7 +169,7 @@ def test_plan_trains_the_last_layers_and_probes_step_zero_once_per_seed(tmp_path
     cells = plan(tmp_path, list(ALL_SETTINGS), [1, 2], recipes=recipes,
                  model={"model": "m", "pretrained": True, "config_overrides": None},
                  corpus={"name": "c", "source": "c.jsonl", "text_field": "text", "label_field": "label"},
-                 budget=Budget(steps=40), steps=40, num_layers=6, hardware=Hardware())
+                 budget=Budget(steps=40), probe=Probes(), steps=40, num_layers=6, hardware=Hardware())
     assert [cell.name for cell in cells[:5]] == [f"{s}/seed1" for s in SETTINGS]
     frozen = {cell.setting: cell.config["model.frozen_layers"] for cell in cells}
     assert frozen == {"dropout": 0, "crops": 0, "token_crops": 0, "crops_last2": 4, "crops_last1": 5}
@@ -179,18 +186,18 @@ def test_plan_trains_the_last_layers_and_probes_step_zero_once_per_seed(tmp_path
 def test_a_cell_is_its_recipe_plus_the_grid_budget(tmp_path, tiny_model):
     """The resolved config of a cell keeps the recipe's hyperparameters and takes the budget's."""
     recipes = {view: recipe_file(path) for view, path in RECIPES.items()}
-    budget = Budget(steps=7, lr=1e-3, probe_documents=100)
-    (cell,) = plan(tmp_path, ["token_crops"], [3], recipes=recipes, budget=budget, steps=7, num_layers=2,
+    budget, probe = Budget(steps=7, lr=1e-3), Probes(documents=100)
+    (cell,) = plan(tmp_path, ["token_crops"], [3], recipes=recipes, budget=budget, probe=probe, steps=7, num_layers=2,
                    model={"model": tiny_model, "pretrained": True, "config_overrides": None},
                    corpus={"name": "c", "source": "packaged:bbcnews", "text_field": "text", "label_field": "label"},
                    hardware=Hardware(accelerator="cpu"))
     path = tmp_path / "cell.yaml"
     path.write_text(yaml.safe_dump(cell.config))
-    config, recipe = resolved(path), resolved(recipes["crops"])
+    config, recipe = resolve_recipe(path), resolve_recipe(recipes["crops"])
     assert config["data"]["view"]["class_path"] == "lightning_app.data.views.TokenCrops"
     # the recipe's window keeps its longest span within the cell's tokens per view ([CLS] and [SEP] aside)
     max_length = config["data"]["max_length"]
-    check_span_length(TokenCrops(**config["data"]["view"]["init_args"]), max_length, max_length - 2)
+    TokenCrops(**config["data"]["view"]["init_args"]).check_fits(max_length - 2, max_length)
     assert (config["trainer"]["max_steps"], config["model"]["lr"], config["seed_everything"]) == (7, 1e-3, 3)
     assert config["trainer"]["accelerator"] == "cpu" and config["probe"]["corpora"][0]["max_documents"] == 100
     for section, key in (("model", "temperature"), ("model", "warmup_fraction"), ("data", "batch_size"),
@@ -203,13 +210,13 @@ def test_a_cell_is_its_recipe_plus_the_grid_budget(tmp_path, tiny_model):
     ("--settings=[untrained]", "add at least one of"),
     ("--seeds=[1, 1]", "seeds: expected distinct"),
     ("--config_overrides={hidden_sise: 8}", "config_overrides: 'hidden_sise' is not a field of BertConfig"),
-    ("--budget.probe_every=0", "budget.probe_every: expected >= 1 step or null"),
+    ("--probe.every=0", "probe.every: expected >= 1 step or null"),
     ("--budget.steps=0", "budget.steps: expected >= 1, 'epoch' or null (the recipe's), got 0"),
     ("--recipes={crops: configs/nothing.yaml, dropout: configs/dropout.yaml, token_crops: configs/token_crop.yaml}",
      "recipes: no config file at 'configs/nothing.yaml'"),
-    ("--mteb_seeds=-1", "mteb_seeds: expected >= 0, got -1"),
+    ("--mteb.seeds=-1", "mteb.seeds: expected >= 0, got -1"),
     ("--model=/no/such/model", "model: cannot load '/no/such/model' as a model"),
-    ("--corpus=/no/such/corpus.jsonl", "data.source: file not found: '/no/such/corpus.jsonl'"),
+    ("--source=/no/such/corpus.jsonl", "data.source: file not found: '/no/such/corpus.jsonl'"),
 ])
 def test_bad_grid_options(tmp_path, tiny_model, capsys, option, message):
     with pytest.raises(SystemExit) as exit_info:
@@ -240,16 +247,3 @@ def test_output_that_is_a_file_is_refused_and_kept(tmp_path, tiny_model, capsys)
     assert exit_info.value.code == 2
     assert f"output: expected a folder, but {output} is a file" in capsys.readouterr().err
     assert output.read_text() == "not a folder"
-
-
-@pytest.mark.parametrize("config", ["configs/reproduce/quick.yaml", "configs/paper/reproduce.yaml"])
-def test_budget_configs_parse(config, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["reproduce", "--config", str(ROOT / config), "--print_config"])
-    assert exit_info.value.code == 0
-    options = yaml.safe_load(capsys.readouterr().out)
-    assert options["settings"] == list(ALL_SETTINGS) and len(options["seeds"]) >= 2
-    recipes = {view: recipe_file(path) for view, path in options["recipes"].items()}
-    assert set(recipes) == {"crops", "dropout", "token_crops"}
-    views = {view: resolved(path)["data"]["view"]["class_path"].rsplit(".", 1)[1] for view, path in recipes.items()}
-    assert views == {"crops": "SentenceCrops", "dropout": "Dropout", "token_crops": "TokenCrops"}

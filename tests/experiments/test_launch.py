@@ -22,7 +22,8 @@ from lightning_app.experiments.grid import Hardware
 from lightning_app.experiments.launch import slot_environments
 from lightning_app.experiments.logs import read_scalars
 from lightning_app.packaged import packaged_path
-from tests.experiments.test_grid import launches
+from tests.experiments.holds import REQUEUE_SIGNAL, held_recipe, python_path, recipes_option
+from tests.helpers import launches
 
 CELLS = ("dropout/seed1", "crops/seed1")
 FAKE = Path(__file__).with_name("fake_slurm.py")
@@ -30,10 +31,10 @@ FAKE = Path(__file__).with_name("fake_slurm.py")
 
 def grid_args(model, corpus, output, *extra) -> list[str]:
     """Two cells of 8 steps (probes and checkpoints at steps 4 and 8) on 300 BBC articles."""
-    return ["reproduce", f"--corpus={corpus}", "--text_field=body", "--label_field=topic", "--name=bbc",
+    return ["reproduce", f"--source={corpus}", "--text_field=body", "--label_field=topic", "--name=bbc",
             f"--model={model}", "--settings=[untrained, dropout, crops]", "--seeds=[1]", "--budget.steps=8",
-            "--budget.batch_size=8", "--budget.lr=1e-3", "--budget.max_length=32", "--budget.probe_every=4",
-            "--budget.probe_documents=null", "--budget.probe_max_length=32", "--budget.cv_folds=2",
+            "--budget.batch_size=8", "--budget.lr=1e-3", "--budget.max_length=32", "--probe.every=4",
+            "--probe.documents=null", "--probe.max_length=32", "--probe.cv_folds=2",
             "--hardware.accelerator=cpu", "--hardware.num_workers=0", f"--output={output}", *extra]
 
 
@@ -84,22 +85,20 @@ def assert_same_results(output: Path, reference: Path) -> None:
     assert [row["setting"] for row in tables[0][0]] == ["untrained", "dropout", "crops"]
 
 
-def event_span(output: Path, cell: str) -> tuple[float, float]:
-    """Wall-clock time of the first and last TensorBoard event of a cell."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    accumulator = EventAccumulator(str(output / cell / "tensorboard"), size_guidance={"scalars": 0})
-    accumulator.Reload()
-    times = [event.wall_time for tag in accumulator.Tags()["scalars"] for event in accumulator.Scalars(tag)]
-    return min(times), max(times)
-
-
+@pytest.mark.slow
 @pytest.mark.timeout(400)
-def test_two_cells_at_once_overlap_and_match_the_sequential_run(tmp_path, tiny_model, corpus, sequential, capsys):
-    output = tmp_path / "results"
-    main(grid_args(tiny_model, corpus, output, "--parallel=2"))
-    (first_start, first_end), (second_start, second_end) = (event_span(output, cell) for cell in CELLS)
-    assert first_start < second_end and second_start < first_end  # both cells trained at the same time
+def test_two_cells_at_once_overlap_and_match_the_sequential_run(tmp_path, tiny_model, corpus, sequential, capsys,
+                                                               monkeypatch):
+    # Each cell waits at the start of its step 1 until the other has reached its own: both finish only
+    # if they ran at the same time (one after the other, the first would wait in vain and fail).
+    output, first, second = tmp_path / "results", tmp_path / "dropout-at-step-1", tmp_path / "crops-at-step-1"
+    recipes = {"dropout": held_recipe(tmp_path, "configs/dropout.yaml", step=1, marker=str(first),
+                                      release=str(second), seconds=120),
+               "crops": held_recipe(tmp_path, "configs/crop.yaml", step=1, marker=str(second),
+                                    release=str(first), seconds=120)}
+    monkeypatch.setenv("PYTHONPATH", python_path())
+    main(grid_args(tiny_model, corpus, output, "--parallel=2", recipes_option(**recipes)))
+    assert first.exists() and second.exists()
     assert_same_results(output, sequential)
     for cell in CELLS:
         assert launches(output / cell) == 1 and (output / cell / "done.json").exists()
@@ -131,6 +130,7 @@ def gone(pids: list[int], seconds: float) -> bool:
     return False
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
 def test_stopping_the_runner_stops_its_cells(tmp_path, tiny_model, corpus, signum):
@@ -189,20 +189,23 @@ def calls(state: Path, command: str) -> list[str]:
     return [line for line in log.read_text().splitlines() if line.startswith(command + " ")] if log.exists() else []
 
 
-def pending(pid: int) -> int:
-    """The signals pending for process ``pid`` (a bit per signal, as in /proc/PID/status)."""
-    status = dict(line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-                  if ":\t" in line)
-    return int(status["ShdPnd"], 16) | int(status["SigPnd"], 16)
-
-
+@pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_slurm_array_runs_every_cell_once_requeues_and_resumes_exactly(tmp_path, tiny_model, corpus, sequential,
                                                                        fake_slurm, monkeypatch, capsys):
     half_the_threads(monkeypatch)  # the 2 tasks run side by side here
+    # The first cell is held at the start of its step 1 until ``go`` exists (the command is rerun while
+    # both tasks run), the second at the start of its step 5, after its step-4 checkpoint, until it has
+    # received SIGUSR1: the requeue comes at the end of step 5 however fast or loaded the machine is.
+    go, first_held, second_held = tmp_path / "go", tmp_path / "dropout-at-step-1", tmp_path / "crops-at-step-5"
+    recipes = recipes_option(
+        dropout=held_recipe(tmp_path, "configs/dropout.yaml", step=1, marker=str(first_held), release=str(go)),
+        crops=held_recipe(tmp_path, "configs/crop.yaml", step=5, marker=str(second_held), release=REQUEUE_SIGNAL))
+    monkeypatch.setenv("PYTHONPATH", python_path())
     output = tmp_path / "results"
     args = grid_args(tiny_model, corpus, output, "--launcher=slurm", "--slurm.partition=cpu",
-                     "--slurm.gpus_per_cell=0", "--slurm.time=00:30:00", "--slurm.sbatch_options=[--qos=short]")
+                     "--slurm.gpus_per_cell=0", "--slurm.time=00:30:00", "--slurm.sbatch_options=[--qos=short]",
+                     recipes)
     main(args)  # submits and returns
     printed = capsys.readouterr().out
     assert "submitted SLURM array job 100: 2 cell(s)" in printed and "--report_only true" in printed
@@ -215,33 +218,17 @@ def test_slurm_array_runs_every_cell_once_requeues_and_resumes_exactly(tmp_path,
     tasks = json.loads((output / "slurm" / "array-1.json").read_text())["cells"]
     assert [f"{task['setting']}/seed{task['seed']}" for task in tasks] == list(CELLS)
 
-    # Both cells' processes are held (SIGSTOP) while the command is rerun, so they are still running
-    # then however fast they are; then the second is preempted after its step-4 checkpoint: it runs in
-    # slices of 0.1 s until that checkpoint exists, gets SIGUSR1 on its job step as SLURM sends it, and
-    # continues once the signal is pending, so the signal lands before step 8 however loaded the
-    # machine is.
     second = output / CELLS[1]
     deadline = time.monotonic() + 300
-    while not all(fit_processes(output / cell) for cell in CELLS):
-        assert time.monotonic() < deadline, "the cells never started"
-        time.sleep(0.01)
-    first_pid, second_pid = (fit_processes(output / cell)[0] for cell in CELLS)
-    for pid in (first_pid, second_pid):
-        os.kill(pid, signal.SIGSTOP)
+    while not (first_held.exists() and second_held.exists()):
+        assert len(queue(fake_slurm)) == 2, f"a task ended before its hold: {queue(fake_slurm)}"
+        assert time.monotonic() < deadline, "the cells never reached their holds"
+        time.sleep(0.05)
     main(args)  # rerun while the tasks run: nothing new is submitted
     assert "nothing to submit: 2 cell(s) pending or running" in capsys.readouterr().out
     assert len(calls(fake_slurm, "sbatch")) == 1
-    os.kill(first_pid, signal.SIGCONT)
-    while not (second / "checkpoints" / "last.ckpt").exists():
-        assert time.monotonic() < deadline, "the second cell never reached its step-4 checkpoint"
-        os.kill(second_pid, signal.SIGCONT)
-        time.sleep(0.1)
-        os.kill(second_pid, signal.SIGSTOP)
-    subprocess.run(["scancel", "--signal=USR1", "100_1"], check=True)
-    while not pending(second_pid) & (1 << (signal.SIGUSR1 - 1)):  # the task's runner passes it on
-        assert time.monotonic() < deadline, "SIGUSR1 never reached the second cell"
-        time.sleep(0.01)
-    os.kill(second_pid, signal.SIGCONT)
+    go.touch()
+    subprocess.run(["scancel", "--signal=USR1", "100_1"], check=True)  # the task's runner passes it on
     while queue(fake_slurm):
         assert time.monotonic() < deadline, f"tasks still queued: {queue(fake_slurm)}"
         time.sleep(0.5)
@@ -256,6 +243,9 @@ def test_slurm_array_runs_every_cell_once_requeues_and_resumes_exactly(tmp_path,
     assert any(resumed[1].endswith(f"--config {output / 'slurm' / 'slurm.yaml'} --ckpt_path {path}")
                for path in (second / "hpc_ckpt_1.ckpt", second / "checkpoints" / "last.ckpt"))
     assert not list(second.glob("hpc_ckpt_*.ckpt")) and not (second / "checkpoints").exists()  # removed when done
+    # The requeue came at the end of step 5: validations logged at 3 and 7 (after steps 4 and 8), and
+    # at 4 by the stop after step 5.
+    assert sorted(read_scalars(second / "tensorboard")["val/loss"]) == [3, 4, 7]
 
     main([*args, "--report_only=true"])
     report = (output / "report.md").read_text()
@@ -265,6 +255,7 @@ def test_slurm_array_runs_every_cell_once_requeues_and_resumes_exactly(tmp_path,
     assert len(calls(fake_slurm, "sbatch")) == 1
 
 
+@pytest.mark.slow
 def test_report_only_launches_nothing_and_reports_the_finished_cells(tmp_path, tiny_model, corpus, sequential,
                                                                      capsys):
     output = tmp_path / "results"

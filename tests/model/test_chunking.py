@@ -9,8 +9,7 @@ from lightning_app.errors import ConfigError
 from lightning_app.model.chunking import chunked_embeddings, sorted_chunks
 from lightning_app.model.loss import info_nce
 from lightning_app.model.module import ContrastiveModule
-from tests.conftest import save_tiny_model
-from tests.model.test_ddp_negatives import GradientsTo
+from tests.helpers import GradientsTo, save_tiny_model
 
 
 def shuffled_batch(tokenizer, pairs: int = 6) -> dict:

@@ -6,19 +6,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from lightning_app.model.module import ContrastiveModule
-from tests.conftest import save_tiny_model
-
-
-class GradientsTo(L.Callback):
-    """Saves rank 0's averaged gradients of the first step (DDP has all-reduced them by then)."""
-
-    def __init__(self, path):
-        self.path = path
-
-    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
-        if trainer.global_rank == 0:
-            grads = {n: p.grad.clone() for n, p in pl_module.named_parameters() if p.grad is not None}
-            torch.save(grads, self.path)
+from lightning_app.model.teardown import DestroyProcessGroupAtExit
+from tests.helpers import GradientsTo, save_tiny_model
 
 
 def batches(tokenizer):
@@ -34,13 +23,14 @@ def gradients(model_dir, tmp_path, name, data, devices, gather=True):
     module = ContrastiveModule(model_dir, gather_negatives=gather, lr=1e-3)
     trainer = L.Trainer(accelerator="cpu", devices=devices, strategy="ddp_spawn" if devices > 1 else "auto",
                         max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, callbacks=[GradientsTo(tmp_path / name)])
+                        enable_model_summary=False, callbacks=[GradientsTo(tmp_path / name), DestroyProcessGroupAtExit()])
     for batch in data:
         batch["docs_skipped"] = torch.tensor(0)
     trainer.fit(module, DataLoader(data, batch_size=None))
     return torch.load(tmp_path / name)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_gathered_negatives_match_one_process_on_the_concatenated_batch(tmp_path, tokenizer):
     model_dir = save_tiny_model(tmp_path / "model", tokenizer, dropout=0.0)

@@ -4,7 +4,7 @@ import torch
 from lightning_app.errors import ConfigError
 from lightning_app.model.encoder import Encoder, pool
 from lightning_app.model.module import ContrastiveModule
-from tests.conftest import save_tiny_model
+from tests.helpers import save_tiny_model
 
 
 def test_mean_pooling_ignores_padding():
@@ -98,7 +98,7 @@ def test_bad_config_overrides(tiny_model):
 
 
 def test_checkpoint_of_a_random_init_model_with_overrides_loads_back(tmp_path, tiny_model):
-    from lightning_app.export import encoder_from_checkpoint
+    from lightning_app.model.load import encoder_from_checkpoint
 
     overrides = {"num_hidden_layers": 1, "hidden_size": 16, "num_attention_heads": 2, "intermediate_size": 32}
     module = ContrastiveModule(tiny_model, pretrained=False, config_overrides=overrides)

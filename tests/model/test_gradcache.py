@@ -9,8 +9,7 @@ from lightning_app.errors import ConfigError
 from lightning_app.model.encoder import Encoder
 from lightning_app.model.gradcache import cached_embeddings
 from lightning_app.model.module import ContrastiveModule
-from tests.conftest import save_tiny_model
-from tests.model.test_ddp_negatives import GradientsTo
+from tests.helpers import GradientsTo, save_tiny_model
 
 
 def ragged_batch(tokenizer, pairs: int = 5) -> dict:

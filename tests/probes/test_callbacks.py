@@ -1,17 +1,20 @@
 """LayerProbe and LayerDrift: units, the frozen prefix through configs/last_layers.yaml, and DDP."""
 
+import atexit
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.data import DataLoader
 
 from lightning_app.cli import main
 from lightning_app.errors import ConfigError
 from lightning_app.model.module import ContrastiveModule
+from lightning_app.model.teardown import DestroyProcessGroupAtExit
 from lightning_app.probes.board import accuracy_figure
 from lightning_app.probes.callbacks import LayerProbe
 from lightning_app.probes.corpus import ProbeCorpus
@@ -87,10 +90,17 @@ def test_drift_is_exactly_zero_for_the_frozen_prefix_of_last_layers_config(tmp_p
 
 class ProbeResults(L.Callback):
     """Saves each rank's step-0 accuracies and last-layer probe embeddings, and the training mode
-    the module is in right after LayerProbe's step-0 probe."""
+    the module is in right after LayerProbe's step-0 probe; under DDP, also whether the process group
+    was still up when the worker's Python began to shut down (an ``atexit`` handler registered before
+    ``DestroyProcessGroupAtExit``'s, so it runs after it)."""
 
     def __init__(self, folder):
         self.folder = folder
+
+    def setup(self, trainer, pl_module, stage):
+        if dist.is_initialized():
+            path = Path(self.folder) / f"rank{trainer.global_rank}-of-{trainer.world_size}.exit"
+            atexit.register(lambda: path.write_text(f"group up at exit: {dist.is_initialized()}"))
 
     def on_train_start(self, trainer, pl_module):
         self.modes = {module.training for module in pl_module.modules()}
@@ -107,17 +117,20 @@ def probe_fit(model_dir, bbc_jsonl, folder, devices):
     trainer = L.Trainer(accelerator="cpu", devices=devices, strategy="ddp_spawn" if devices > 1 else "auto",
                         max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, limit_val_batches=0,
-                        callbacks=[probe, ProbeResults(folder)])
+                        callbacks=[probe, ProbeResults(folder), DestroyProcessGroupAtExit()])
     batch = {"input_ids": torch.randint(1000, 2000, (4, 8)), "attention_mask": torch.ones(4, 8, dtype=torch.long),
              "docs_skipped": torch.tensor(0)}
     trainer.fit(ContrastiveModule(model_dir, lr=1e-3), DataLoader([batch] * devices, batch_size=None))
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_ddp_ranks_probe_a_shard_each_and_agree_with_one_process(tmp_path, tiny_model, bbc_jsonl):
     probe_fit(tiny_model, bbc_jsonl, tmp_path, devices=1)
     probe_fit(tiny_model, bbc_jsonl, tmp_path, devices=2)
     single, *ranks = (torch.load(tmp_path / name) for name in ("rank0-of-1.pt", "rank0-of-2.pt", "rank1-of-2.pt"))
+    # Each worker destroyed its gloo group before Python's shutdown, where gloo's threads can abort it.
+    assert [(tmp_path / f"rank{r}-of-2.exit").read_text() for r in (0, 1)] == ["group up at exit: False"] * 2
     assert single["modes"] == {True}  # the probe ran in eval mode and gave training mode back
     step, embeddings = single["last_layer"]["mine"]
     assert step == 0 and embeddings.shape == (221, 32)  # an odd count: rank 1's shard is padded

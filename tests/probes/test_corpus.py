@@ -37,12 +37,12 @@ def test_missing_label_column_names_the_corpus_option_and_file(bbc_jsonl):
     assert bbc_jsonl in message and "['body', 'topic']" in message and "\n" not in message
 
 
-def test_too_few_documents_per_split_for_k(bbc_jsonl):
+def test_too_few_training_documents_for_k(bbc_jsonl):
     spec = ProbeCorpus(name="mine", source=bbc_jsonl, text_field="body", label_field="topic", max_documents=60)
-    expected = r"53 train and 7 test documents \(60 sampled, test_fraction=0.1\); expected at least k\+1 = 11 in each"
+    expected = r"53 train and 7 test documents \(60 sampled, test_fraction=0.1\); expected at least k\+1 = 56 in the train"
     with pytest.raises(ConfigError, match=expected):
-        load_probe_corpus(spec, k=10, test_fraction=0.1, seed=42)
-    assert len(load_probe_corpus(spec, k=5, test_fraction=0.1, seed=42).texts) == 60
+        load_probe_corpus(spec, k=55, test_fraction=0.1, seed=42)
+    assert len(load_probe_corpus(spec, k=10, test_fraction=0.1, seed=42).texts) == 60
 
 
 @pytest.mark.parametrize(("labels", "message"), [

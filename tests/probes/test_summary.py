@@ -10,7 +10,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from lightning_app.cli import main
 from lightning_app.errors import ConfigError
-from lightning_app.export import ExportEncoder, encoder_from_checkpoint, load_encoder
+from lightning_app.model.export import ExportEncoder
+from lightning_app.model.load import encoder_from_checkpoint, load_encoder
 from lightning_app.probes.summary import summarize, summary_lines
 
 ROOT = Path(__file__).resolve().parents[2]

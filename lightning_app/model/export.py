@@ -12,17 +12,18 @@ import os
 from pathlib import Path
 from typing import Literal
 
-import torch
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_app.errors import ConfigError
 from lightning_app.model.encoder import Encoder
-from lightning_app.packaged import load_tokenizer, resolve_model
+from lightning_app.model.load import encoder_from_checkpoint, load_encoder, token_limit
 
 
-def export_encoder(encoder: Encoder, tokenizer, output: str | os.PathLike, max_seq_length: int = 512) -> Path:
-    """Write ``encoder`` and ``tokenizer`` to ``output`` as an HF and sentence-transformers folder."""
+def export_encoder(encoder: Encoder, tokenizer, output: str | os.PathLike, max_length: int | None = None) -> Path:
+    """Write ``encoder`` and ``tokenizer`` to ``output`` as an HF and sentence-transformers folder
+    whose ``max_seq_length`` is ``max_length`` (None: the most tokens the model takes)."""
+    max_length = max_length or token_limit(encoder, tokenizer)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     encoder.backbone.save_pretrained(out)
@@ -33,7 +34,7 @@ def export_encoder(encoder: Encoder, tokenizer, output: str | os.PathLike, max_s
         modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
         (out / "2_Normalize").mkdir(exist_ok=True)
     (out / "modules.json").write_text(json.dumps(modules, indent=2))
-    (out / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_seq_length, "do_lower_case": False}))
+    (out / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_length, "do_lower_case": False}))
     (out / "1_Pooling").mkdir(exist_ok=True)
     pooling = {
         "word_embedding_dimension": encoder.backbone.config.hidden_size,
@@ -46,74 +47,23 @@ def export_encoder(encoder: Encoder, tokenizer, output: str | os.PathLike, max_s
     return out
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict:
-    """A Lightning checkpoint's contents, loaded without executing pickled code."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ConfigError(f"checkpoint not found: '{path}'") from None
-    except Exception as error:  # truncated, corrupt, or not a checkpoint at all
-        raise ConfigError(f"checkpoint '{path}' cannot be read ({type(error).__name__}: "
-                          f"{str(error).splitlines()[0][:200]}); expected a complete Lightning .ckpt file") from None
-
-
-def encoder_from_checkpoint(path: str | os.PathLike) -> tuple[Encoder, dict]:
-    """The trained encoder of a checkpoint written by ``ContrastiveModule``, and its hyperparameters.
-
-    The architecture comes from the base model's config (``hyper_parameters.model``), the weights
-    from the checkpoint; nothing is unpickled.
-    """
-    checkpoint = read_checkpoint(path)
-    hp = checkpoint.get("hyper_parameters") or {}
-    if "model" not in hp or "state_dict" not in checkpoint:
-        raise ConfigError(f"checkpoint '{path}' was not written by lightning_app's ContrastiveModule "
-                          "(expected hyper_parameters.model and a state_dict)")
-    encoder = Encoder(hp["model"], hp.get("pooling", "mean"), hp.get("normalize", False),
-                      hp.get("frozen_layers", 0), hp.get("trust_remote_code", False), pretrained=False,
-                      config_overrides=hp.get("config_overrides"))
-    prefix = "encoder."
-    encoder.load_state_dict({k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)})
-    return encoder.eval(), hp
-
-
-def load_encoder(path_or_id: str, pooling: str | None = None, trust_remote_code: bool = False):
-    """(Encoder, tokenizer) from a Lightning .ckpt, an exported folder, a hub id or ``packaged:``."""
-    if str(path_or_id).endswith(".ckpt"):
-        encoder, hp = encoder_from_checkpoint(path_or_id)
-        tokenizer = load_tokenizer(hp["model"], hp.get("trust_remote_code", False))
-        if pooling:
-            encoder.pooling = pooling
-    else:
-        encoder = Encoder(path_or_id, pooling or _folder_pooling(path_or_id), trust_remote_code=trust_remote_code)
-        tokenizer = load_tokenizer(path_or_id, trust_remote_code)
-    return encoder.eval(), tokenizer
-
-
-def _folder_pooling(path_or_id: str) -> str:
-    """The pooling a sentence-transformers folder declares (mean when it declares none)."""
-    config = Path(resolve_model(path_or_id)) / "1_Pooling" / "config.json"
-    if config.exists() and json.loads(config.read_text()).get("pooling_mode_cls_token"):
-        return "cls"
-    return "mean"
-
-
 class ExportEncoder(Callback):
     """At the end of fit, export the encoder to ``<log dir>/export`` (or ``dirpath``).
 
     Args:
         dirpath: where to write; default: the run's log directory + ``/export``.
-        max_seq_length: the sentence-transformers folder's maximum sequence length.
+        max_length: the sentence-transformers folder's tokens per text; None: the most the model takes.
         which: ``last``: the weights at the end of fit; ``best``: the best checkpoint of the first
             ``ModelCheckpoint`` with a ``monitor`` (e.g. ``probe/bbcnews/knn_acc``), the last
             weights when it saved none.
     """
 
-    def __init__(self, dirpath: str | None = None, max_seq_length: int = 512,
+    def __init__(self, dirpath: str | None = None, max_length: int | None = None,
                  which: Literal["last", "best"] = "last") -> None:
         if which not in ("last", "best"):
             raise ConfigError(f"export.which: expected 'last' or 'best', got {which!r}")
         self.dirpath = dirpath
-        self.max_seq_length = max_seq_length
+        self.max_length = max_length
         self.which = which
 
     @staticmethod
@@ -142,17 +92,17 @@ class ExportEncoder(Callback):
         if trainer.is_global_zero:
             path, description = self.chosen(trainer)
             encoder = encoder_from_checkpoint(path)[0] if path else pl_module.encoder
-            export_encoder(encoder, pl_module.tokenizer, target, self.max_seq_length)
+            export_encoder(encoder, pl_module.tokenizer, target, self.max_length)
             print(f"exported {description} to {target}")
 
 
-def export_command(ckpt_path: str, output: str, max_seq_length: int = 512) -> None:
+def export_command(ckpt_path: str, output: str, max_length: int | None = None) -> None:
     """Export a checkpoint's encoder as a Hugging Face and sentence-transformers folder.
 
     Args:
         ckpt_path: a .ckpt file written by ``lightning fit``.
         output: the folder to write (created if missing; existing files with the same names are replaced).
-        max_seq_length: the sentence-transformers folder's maximum sequence length.
+        max_length: the sentence-transformers folder's tokens per text; default: the most the model takes.
     """
     encoder, tokenizer = load_encoder(ckpt_path)
-    print(f"exported {ckpt_path} to {export_encoder(encoder, tokenizer, output, max_seq_length)}")
+    print(f"exported {ckpt_path} to {export_encoder(encoder, tokenizer, output, max_length)}")

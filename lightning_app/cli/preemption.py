@@ -20,6 +20,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 
+from lightning_app.model.teardown import destroy_process_group_at_exit
+
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes a local checkpoint to a temporary file in the target's folder, flushes it to disk
@@ -47,7 +49,36 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 os.remove(partial)
 
 
-class StepBoundaryRequeue(Callback):
+class HeldSignal(Callback):
+    """A signal held until the end of the training step during which it came: ``hold`` puts a
+    handler that only remembers it, ``arrived`` tells at a step's end whether any rank got it (one
+    boolean all-reduce, so the ranks act on the same step), ``release`` puts the previous handler back."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.lightning_handler = None
+        self.received = False
+
+    def hold(self, signum: int) -> None:
+        self.signum, self.lightning_handler = signum, signal.getsignal(signum)
+        signal.signal(signum, self._remember)
+
+    def _remember(self, signum: int, frame) -> None:
+        self.received = True
+
+    def arrived(self, trainer: Trainer) -> bool:
+        return self.signum is not None and trainer.strategy.reduce_boolean_decision(self.received, all=False)
+
+    def release(self):
+        """Put the held signal's previous handler back; returns that handler (None if none was held)."""
+        handler, self.lightning_handler = self.lightning_handler, None
+        if self.signum is not None and handler is not None:
+            signal.signal(self.signum, handler)
+        self.signum = None
+        return handler
+
+
+class StepBoundaryRequeue(HeldSignal):
     """Runs Lightning's SLURM auto-requeue (``SLURMEnvironment(auto_requeue=True)``: save
     ``hpc_ckpt_N.ckpt`` in ``trainer.default_root_dir``, ``scontrol requeue`` the job) at the end
     of the training step during which the requeue signal came, then stops the run.
@@ -57,37 +88,22 @@ class StepBoundaryRequeue(Callback):
     ranks agree on the step (one boolean all-reduce per step), so they save together.
     """
 
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self.lightning_handler = None
-        self.received = False
-
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # The environment Lightning's signal connector reads when it installs its handler.
         environment = trainer._accelerator_connector.cluster_environment
-        if not (isinstance(environment, SLURMEnvironment) and environment.auto_requeue and environment.requeue_signal):
-            return
-        self.signum = environment.requeue_signal
-        self.lightning_handler = signal.getsignal(self.signum)
-        if callable(self.lightning_handler):
-            signal.signal(self.signum, self._remember)
-        else:
-            self.signum = None
-
-    def _remember(self, signum: int, frame) -> None:
-        self.received = True
+        if (isinstance(environment, SLURMEnvironment) and environment.auto_requeue and environment.requeue_signal
+                and callable(signal.getsignal(environment.requeue_signal))):
+            self.hold(environment.requeue_signal)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
-        if self.signum is None or not trainer.strategy.reduce_boolean_decision(self.received, all=False):
+        if not self.arrived(trainer):
             return
         self.lightning_handler(self.signum, None)
         self.received = False
         trainer.should_stop = True
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.signum is not None:
-            signal.signal(self.signum, self.lightning_handler)
-            self.signum = None
+        self.release()
 
 
 class ContinueLogs(Callback):
@@ -107,7 +123,7 @@ class ContinueLogs(Callback):
                 logger.experiment.file_writer.add_event(restart)
 
 
-class LastIsNewest(Callback):
+class LastIsNewest(HeldSignal):
     """Keeps ``last.ckpt`` on the newest state of the run, for every ``ModelCheckpoint`` that saves
     every N steps with ``save_last`` (and no monitor):
 
@@ -121,16 +137,19 @@ class LastIsNewest(Callback):
     resumed from any of them ends with the uninterrupted run's weights. A SIGTERM is held until the
     end of a training step (like SLURM's SIGUSR1 in ``StepBoundaryRequeue``); under DDP the ranks
     agree on the step with one boolean all-reduce per step.
-    """
 
-    def __init__(self) -> None:
-        self.lightning_handler = None
-        self.received = False
+    Every ``lightning fit`` has this callback, so its ``setup`` also has each process of a distributed
+    run destroy its process group at a clean exit (``model/teardown.py``): a gloo group (DDP on CPU)
+    left to Python's shutdown can abort the process after the run succeeded.
+    """
 
     @staticmethod
     def _periodic(trainer: Trainer) -> list[ModelCheckpoint]:
         return [cb for cb in trainer.checkpoint_callbacks
                 if isinstance(cb, ModelCheckpoint) and cb.save_last and cb.monitor is None]
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        destroy_process_group_at_exit(trainer)
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.ckpt_path is not None:
@@ -140,11 +159,7 @@ class LastIsNewest(Callback):
                 if os.path.lexists(last) and callback.last_model_path != last:
                     callback.last_model_path = last  # replaced by the next save, not versioned beside it
         if threading.current_thread() is threading.main_thread():
-            self.lightning_handler = signal.getsignal(signal.SIGTERM)
-            signal.signal(signal.SIGTERM, self._remember)
-
-    def _remember(self, signum: int, frame) -> None:
-        self.received = True
+            self.hold(signal.SIGTERM)
 
     def _save(self, trainer: Trainer) -> None:
         for callback in self._periodic(trainer):
@@ -154,21 +169,15 @@ class LastIsNewest(Callback):
             callback._save_topk_checkpoint(trainer, candidates)
             callback._save_last_checkpoint(trainer, candidates)
 
-    def _restore_handler(self):
-        handler, self.lightning_handler = self.lightning_handler, None
-        if handler is not None:
-            signal.signal(signal.SIGTERM, handler)
-        return handler
-
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
         if 0 < trainer.max_steps <= trainer.global_step:
             # The final step, saved before ModelCheckpoint's own end-of-training save, which writes
             # last.ckpt as a file of its own when this process saved nothing yet (a late resume).
             self._save(trainer)
-        if self.lightning_handler is None or not trainer.strategy.reduce_boolean_decision(self.received, all=False):
+        if not self.arrived(trainer):
             return
         self._save(trainer)
-        handler = self._restore_handler()
+        handler = self.release()
         if callable(handler):
             handler(signal.SIGTERM, None)  # Lightning's: it stops the run after this step's hooks
         else:
@@ -176,7 +185,7 @@ class LastIsNewest(Callback):
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._save(trainer)
-        self._restore_handler()
+        self.release()
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        self._restore_handler()
+        self.release()

@@ -1,26 +1,27 @@
-"""The ``lightning`` command: LightningCLI for fit/validate/test, plus ``export``, ``mteb``, ``reproduce`` and ``embed``."""
+"""``lightning fit|validate|test``: LightningCLI over the contrastive module and data module, with
+every run's callbacks as config sections, pre-fit checks, and preemption-safe checkpoints and logs."""
 
 from __future__ import annotations
 
-import re
-import sys
+from pathlib import Path
 
-from jsonargparse import CLI, ArgumentError
+import yaml
 from lightning import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from lightning_app.checks import check_fit, constructor_error, set_up_early
+from lightning_app.cli.checks import check_fit, constructor_error, set_up_early
 from lightning_app.data.datamodule import ContrastiveDataModule
 from lightning_app.errors import ConfigError
 from lightning_app.evaluate.callback import MtebCallback
-from lightning_app.export import ExportEncoder, read_checkpoint
-from lightning_app.memory import ReleaseFreedMemory
+from lightning_app.cli.memory import ReleaseFreedMemory
+from lightning_app.model.export import ExportEncoder
+from lightning_app.model.load import read_checkpoint
 from lightning_app.model.module import ContrastiveModule
 from lightning_app.model.throughput import PairThroughput
-from lightning_app.preemption import AtomicCheckpointIO, ContinueLogs, LastIsNewest, StepBoundaryRequeue
+from lightning_app.cli.preemption import AtomicCheckpointIO, ContinueLogs, LastIsNewest, StepBoundaryRequeue
 from lightning_app.probes.callbacks import LayerProbe
 from lightning_app.probes.drift import LayerDrift
 
@@ -29,23 +30,16 @@ from lightning_app.probes.drift import LayerDrift
 SECTIONS = {"checkpoint": ModelCheckpoint, "throughput": PairThroughput, "export": ExportEncoder,
             "probe": LayerProbe, "drift": LayerDrift, "mteb": MtebCallback}
 
+SEED = 42  # seed_everything's default
+
 # ``--ckpt_path`` values Lightning resolves itself (the newest last/hpc/best checkpoint).
 SPECIAL_CKPT_PATHS = {"last", "hpc", "best"}
-
-DESCRIPTION = """Self-supervised fine-tuning of text embedding models (crops, token crops, dropout).
-
-Start with:  lightning fit --config configs/crop.yaml
-Other commands:  lightning export --help   (checkpoint -> HF / sentence-transformers folder)
-                 lightning mteb --help     (evaluate a checkpoint, folder or hub model on MTEB)
-                 lightning reproduce --help  (the paper's comparison on a labelled corpus, with a report)
-                 lightning embed --help    (embed a corpus into Parquet shards, optionally with a 2D map)"""
-
 
 class ContrastiveCLI(LightningCLI):
     """LightningCLI whose data module always tokenizes like the model it feeds, whose callbacks
     are config sections (``SECTIONS``; ``trainer.callbacks`` adds others), whose trainer
     survives preemption (atomic checkpoints, requeue at a step boundary, continuous logs; see
-    ``lightning_app.preemption``) and hands freed memory back between steps (``lightning_app.memory``)."""
+    ``lightning_app.cli.preemption``) and hands freed memory back between steps (``lightning_app.cli.memory``)."""
 
     def init_parser(self, **kwargs):
         """Parse errors raise (``main`` prints them as one line) instead of printing the usage."""
@@ -94,58 +88,28 @@ class ContrastiveCLI(LightningCLI):
                 raise ConfigError(f"ckpt_path: {error}") from None
 
 
-def _export(args: list[str]) -> None:
-    from lightning_app.export import export_command
-    CLI(export_command, args=args, prog="lightning export", exit_on_error=False)
+class _Parsed(Exception):
+    """Carries a parsed config out of ``LightningCLI.__init__`` before anything is built."""
 
 
-def _mteb(args: list[str]) -> None:
-    from lightning_app.evaluate.command import mteb_command
-    CLI(mteb_command, args=args, prog="lightning mteb", exit_on_error=False)
+class _RecipeCLI(ContrastiveCLI):
+    def parse_arguments(self, parser, args) -> None:
+        super().parse_arguments(parser, args)
+        raise _Parsed(parser.dump(self.config, skip_none=False, skip_check=True))
 
 
-def _reproduce(args: list[str]) -> None:
-    from lightning_app.experiments.command import reproduce_command
-    CLI(reproduce_command, args=args, prog="lightning reproduce", exit_on_error=False)
-
-
-def _embed(args: list[str]) -> None:
-    from lightning_app.embed.command import embed_command
-    CLI(embed_command, args=args, prog="lightning embed", exit_on_error=False)
-
-
-COMMANDS = {"export": _export, "mteb": _mteb, "reproduce": _reproduce, "embed": _embed}
-
-
-def main(args: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if args is None else args
+def resolve_recipe(path: str | Path) -> dict:
+    """The complete ``lightning fit`` config a recipe file stands for, every default filled in (what
+    ``lightning fit --config PATH --print_config`` shows); nothing is built."""
     try:
-        if argv and argv[0] in COMMANDS:
-            COMMANDS[argv[0]](argv[1:])
-        else:
-            ContrastiveCLI(ContrastiveModule, ContrastiveDataModule, args=args, seed_everything_default=42,
-                           save_config_kwargs={"overwrite": True},
-                           parser_kwargs={"description": DESCRIPTION})
-    except ConfigError as error:
-        print(f"error: {unwrap_worker_error(str(error))}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except ArgumentError as error:  # jsonargparse's parse errors: unknown option, wrong type, ...
-        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-        message = re.sub(r'^Parser key "([^"]+)":', r"\1:", " ".join(lines))
-        known = argv[:1] if argv and argv[0] in (*COMMANDS, "fit", "validate", "test", "predict") else []
-        print(f"error: {message} (see: {' '.join(['lightning', *known, '--help'])})", file=sys.stderr)
-        raise SystemExit(2) from None
+        _RecipeCLI(ContrastiveModule, ContrastiveDataModule, args=["fit", "--config", str(path)],
+                   seed_everything_default=SEED, save_config_kwargs={"overwrite": True})
+    except _Parsed as parsed:
+        return yaml.safe_load(str(parsed))["fit"]
+    raise AssertionError("unreachable: parse_arguments always raises")
 
 
-def unwrap_worker_error(message: str) -> str:
-    """A ConfigError raised in a dataloader worker arrives wrapped in the worker's traceback
-    ("Caught ConfigError in DataLoader worker process 0. Original Traceback ..."), whose last line
-    holds the original message; any other message is returned as it is."""
-    lines = [line.strip() for line in message.splitlines() if line.strip()]
-    if lines and lines[0].startswith("Caught ") and "Original Traceback" in message:
-        return re.sub(r"^[\w.]+Error: ", "", lines[-1])
-    return message
-
-
-if __name__ == "__main__":
-    main()
+def run(args: list[str] | None, description: str) -> None:
+    """``lightning fit|validate|test ...`` (``args`` None: the process's own)."""
+    ContrastiveCLI(ContrastiveModule, ContrastiveDataModule, args=args, seed_everything_default=SEED,
+                   save_config_kwargs={"overwrite": True}, parser_kwargs={"description": description})

@@ -1,0 +1,87 @@
+"""The end-of-fit verdict: a labelled probe's paired interval, whether it is the training corpus, and
+what the label-free signals of the training corpus can and cannot say."""
+
+import torch
+
+from lightning_app.probes.summary import summarize, summary_lines
+from lightning_app.probes.verdict import domain_line, interval_line, judgement_lines, same_source, signal_lines
+
+SERIES = {f"probe/indomain/sentence_crops/retrieval_top1/layer_0{i}": {0: 0.5 + i / 10, 30: 0.55 + i / 10}
+          for i in range(3)}
+SERIES["probe/indomain/sentence_crops/effective_rank/layer_02"] = {0: 80.0, 30: 78.5}
+SERIES["probe/indomain/dropout/retrieval_top1/layer_02"] = {30: 0.99}  # step 0 not probed
+
+
+def correctness(right: int, gained: int, lost: int, total: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-document kNN outcomes before and after: ``right`` right at both, ``gained``, ``lost``, the rest wrong."""
+    before = torch.zeros(total, dtype=torch.bool)
+    after = torch.zeros(total, dtype=torch.bool)
+    before[:right] = after[:right] = True
+    after[right:right + gained] = True
+    before[right + gained:right + gained + lost] = True
+    return before, after
+
+
+def test_a_labelled_probe_of_the_training_corpus_gets_a_paired_interval_and_the_verdict():
+    before, after = correctness(right=80, gained=10, lost=0)
+    line, changed = interval_line("mine", before, after, 10, 30)
+    assert changed == 0.1
+    details = {"mine": [line, domain_line("mine", "data/mine.jsonl", "topic", "data/mine.jsonl")]}
+    trailer = [*signal_lines(SERIES, ["sentence_crops", "dropout"], 120, "data/mine.jsonl"),
+               *judgement_lines("mine", ("mine", changed))]
+    assert summary_lines(summarize({"mine": [(0, 0.80), (30, 0.90)]}), 10, None, details, trailer) == [
+        "probe summary: last-layer 10-NN accuracy at step 0, at the end, and at the best step",
+        "  mine: step 0 0.8000 -> step 30 0.9000 (+0.1000); best 0.9000 at step 30",
+        "  mine: 10-fold kNN on the same 100 documents, step 0 -> step 30: +10.0 points (95% interval +3.4 to +16.2): "
+        "better",
+        "  mine is your training corpus (data/mine.jsonl), labelled: it judges the model on your own text (its "
+        "documents may include training documents, whose labels training never saw).",
+        "  your corpus (data/mine.jsonl): label-free signals of the last layer on 120 held-out documents, "
+        "step 0 -> step 30:",
+        "    sentence_crops: retrieval top-1 0.700 -> 0.750 (+0.050), effective rank 80.0 -> 78.5 (-1.5)",
+        "    dropout: retrieval top-1 0.990 (step 0 not probed)",
+        "  your corpus: judged with labels by mine above; the label-free signals alone cannot judge quality "
+        "(which of them predicts a labelled gain is not yet established).",
+        "  your corpus: about 961 labelled documents of it, listed under probe.corpora, would give a 95% interval "
+        "of +/- 2 points (10.0% of documents changed outcome on mine).",
+    ]
+
+
+def test_an_interval_that_covers_zero_is_no_detectable_change():
+    before, after = correctness(right=80, gained=3, lost=2)
+    line, changed = interval_line("mine", before, after, 10, 30)
+    assert line.endswith(": +1.0 points (95% interval -4.1 to +6.1): no detectable change") and changed == 0.05
+    before, after = correctness(right=70, gained=0, lost=15)
+    assert interval_line("mine", before, after, 5, 30)[0].endswith("(95% interval -22.1 to -7.3): worse")
+
+
+def test_an_out_of_domain_probe_says_so_and_the_training_corpus_gets_no_verdict():
+    assert domain_line("bbcnews", "packaged:bbcnews", "label", "papers/*.jsonl") == (
+        "  BBC News is not your corpus: it measures how the model changed on news topics, not on papers/*.jsonl.")
+    assert domain_line("tickets", "tickets.jsonl", "team", "papers/*.jsonl") == (
+        "  tickets (tickets.jsonl) is not data.source: it measures how the model changed on its labels 'team', "
+        "which speaks for papers/*.jsonl only if its documents are a sample of it.")
+    assert judgement_lines(None, ("bbcnews", 0.05)) == [
+        "  your corpus: no verdict: without labels these signals cannot judge quality (which of them predicts a "
+        "labelled gain is not yet established).",
+        "  your corpus: about 481 labelled documents of it, listed under probe.corpora, would give a 95% interval "
+        "of +/- 2 points (5.0% of documents changed outcome on bbcnews).",
+    ]
+
+
+def test_without_a_labelled_probe_the_label_count_rests_on_a_stated_assumption():
+    trailer = [*signal_lines({}, [], 0, "papers/*.jsonl"), *judgement_lines(None, None)]
+    lines = summary_lines(summarize({}), 10, "the last weights (step 30)", {}, trailer)
+    assert lines[:2] == ["probe summary: no labelled probe corpus (probe.corpora is empty)",
+                         "  your corpus (papers/*.jsonl): no label-free signals (probe.indomain_documents is 0)"]
+    assert lines[3] == ("  your corpus: about 481 labelled documents of it, listed under probe.corpora, would give a "
+                        "95% interval of +/- 2 points (assuming 5% of documents change outcome).")
+    assert lines[2].startswith("  your corpus: no verdict") and lines[4:] == ["  exported: the last weights (step 30)"]
+
+
+def test_sources_compare_as_absolute_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine.jsonl").write_text("")
+    assert same_source("mine.jsonl", str(tmp_path / "mine.jsonl"))
+    assert same_source("packaged:bbcnews", "packaged:bbcnews")
+    assert not same_source("packaged:bbcnews", "packaged:newsarticles")
