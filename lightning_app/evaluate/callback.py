@@ -8,10 +8,7 @@ from lightning import Callback, LightningModule, Trainer
 
 from lightning_app.errors import ConfigError
 from lightning_app.probes.board import log_at_step
-
-# Tokens per text of MTEB during training and of the reproduction grid's models: shorter than the
-# paper's evaluation length (mteb_encoder.DEFAULT_MAX_LENGTH), as these evaluations repeat.
-TRAINING_MAX_LENGTH = 256
+from lightning_app.probes.callbacks import MAX_LENGTH  # tokens per text during training
 
 
 class MtebCallback(Callback):
@@ -32,7 +29,7 @@ class MtebCallback(Callback):
     """
 
     def __init__(self, tasks: str | None = None, every_n_steps: int = 100, output: str | None = None,
-                 batch_size: int = 32, max_length: int = TRAINING_MAX_LENGTH) -> None:
+                 batch_size: int = 32, max_length: int = MAX_LENGTH) -> None:
         if every_n_steps < 1:
             raise ConfigError(f"mteb.every_n_steps: expected >= 1, got {every_n_steps}")
         self.task_spec = tasks

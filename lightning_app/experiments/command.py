@@ -18,7 +18,7 @@ from lightning_app.data.collate import special_tokens
 from lightning_app.data.sources import open_corpus
 from lightning_app.data.views import TokenCrops
 from lightning_app.errors import ConfigError
-from lightning_app.evaluate.callback import TRAINING_MAX_LENGTH
+from lightning_app.probes.callbacks import MAX_LENGTH
 from lightning_app.evaluate.scores import mteb_scores
 from lightning_app.experiments.grid import (ALL_SETTINGS, RECIPES, UNTRAINED, Budget, Cell, Hardware, Probes,
                                             recipe_file, resolved)
@@ -44,7 +44,7 @@ class Mteb:
 
     tasks: str | None = None
     seeds: int = 1
-    max_length: int = TRAINING_MAX_LENGTH
+    max_length: int = MAX_LENGTH
 
 
 @dataclass

@@ -21,6 +21,10 @@ from lightning_app.probes.interval import knn_cv_correct
 from lightning_app.probes.knn import FOLDS, K, METRICS, SEED, TEST_FRACTION
 from lightning_app.probes.score import layer_scores
 
+# Tokens per text when embedding during training (probes, MTEB, the grid's models' MTEB): shorter than
+# the paper's evaluation length (evaluate.mteb_encoder.DEFAULT_MAX_LENGTH), as these evaluations repeat.
+MAX_LENGTH = 256
+
 
 @dataclass
 class _Prepared:
@@ -118,7 +122,7 @@ class LayerProbe(Callback):
     """
 
     def __init__(self, corpora: list[ProbeCorpus] | None = None, k: int = K, metric: str = "euclidean",
-                 test_fraction: float = TEST_FRACTION, seed: int = SEED, max_length: int = 256, batch_size: int = 32,
+                 test_fraction: float = TEST_FRACTION, seed: int = SEED, max_length: int = MAX_LENGTH, batch_size: int = 32,
                  linear_probe: bool = False, geometry_pairs: int = 128, view: View | None = None,
                  projector: bool = True, cv_folds: int = 0, at_start: bool = True, tsne: bool = False,
                  summary: bool = True, indomain_documents: int = INDOMAIN_DOCUMENTS) -> None:

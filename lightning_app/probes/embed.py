@@ -15,15 +15,20 @@ from lightning_app.model.encoder import Encoder
 
 
 @contextmanager
-def evaluating(module: nn.Module) -> Iterator[nn.Module]:
-    """``module`` in eval mode (dropout off) inside the block; each submodule's own mode after it."""
+def in_mode(module: nn.Module, training: bool) -> Iterator[nn.Module]:
+    """``module`` in training (dropout on) or eval mode inside the block; each submodule's own mode after it."""
     modes = {sub: sub.training for sub in module.modules()}
-    module.eval()
+    module.train(training)
     try:
         yield module
     finally:
-        for sub, training in modes.items():
-            sub.training = training
+        for sub, mode in modes.items():
+            sub.training = mode
+
+
+def evaluating(module: nn.Module):
+    """``module`` in eval mode (dropout off) inside the block; each submodule's own mode after it."""
+    return in_mode(module, False)
 
 
 @contextmanager
@@ -31,16 +36,10 @@ def seeded_dropout(module: nn.Module, seed: int) -> Iterator[nn.Module]:
     """``module`` in training mode (dropout on) with torch's generators seeded by ``seed`` inside the
     block: the same dropout masks each time for the same inputs. After it, each submodule's own mode
     and the generators' earlier state (``torch.random.fork_rng``), so training draws what it would have."""
-    modes = {sub: sub.training for sub in module.modules()}
     devices = sorted({p.device.index or 0 for p in module.parameters() if p.device.type == "cuda"})
-    with torch.random.fork_rng(devices=devices):
+    with torch.random.fork_rng(devices=devices), in_mode(module, True):
         torch.manual_seed(seed)
-        module.train()
-        try:
-            yield module
-        finally:
-            for sub, training in modes.items():
-                sub.training = training
+        yield module
 
 
 @torch.no_grad()
