@@ -9,7 +9,9 @@ against a 200 MB one, and the time of ``--map tsne`` on the 2,225 BBC articles.
    and, where the CPU multiplies bf16 natively, bf16 on both (``--precision bf16-mixed``; encode
    under ``torch.autocast("cpu", bfloat16)``). ``ratio_equal`` = ours / encode in float32,
    ``ratio_equal_bf16`` in bf16, ``ratio_default`` = ours at ``--precision auto`` (the arm auto
-   resolves to on this hardware) / encode's default float32; medians of the repeats.
+   resolves to on this hardware) / encode's default float32: each the median over repeats of the
+   ratio within a repeat (paired, so a load that changes between repeats cancels), with the
+   ratio of the arms' medians beside it.
 2. Peak RSS: ``lightning embed`` of a generated 2 GB jsonl and a 200 MB one (numbered copies of
    the articles), each in its own process, both capped at ``--rss-documents`` rows: the cap
    measures the embedding path's own memory on a large file (the source streams it).
@@ -136,14 +138,17 @@ def throughput(args, folder: str, native: bool, auto: str) -> dict:
         print(f"repeat {repeat}: docs/s {shown}; ratio float32 {rates['ours_32'][-1] / rates['encode_32'][-1]:.3f}"
               + (f", bf16 {rates['ours_bf16'][-1] / rates['encode_bf16'][-1]:.3f}" if native else "")
               + f" (load average {loads[-1]})", flush=True)
-    median = {arm: statistics.median(values) for arm, values in rates.items()}
     ours_auto = "ours_bf16" if auto == "bf16-mixed" else "ours_32"
-    figures = {"docs_per_s": {arm: spread(values) for arm, values in rates.items()},
-               "ratio_equal": round(median["ours_32"] / median["encode_32"], 3),
-               "ratio_equal_bf16": round(median["ours_bf16"] / median["encode_bf16"], 3) if native else None,
-               "ratio_default": round(median[ours_auto] / median["encode_32"], 3),
-               "min_cosine_ours_vs_encode_32": min_cosine(kept["ours_32"], kept["encode_32"]),
-               "load_averages": loads}
+    pairs = {"ratio_equal": ("ours_32", "encode_32"), "ratio_default": (ours_auto, "encode_32")}
+    if native:
+        pairs["ratio_equal_bf16"] = ("ours_bf16", "encode_bf16")
+    figures = {"docs_per_s": {arm: spread(values) for arm, values in rates.items()}, "ratio_equal_bf16": None,
+               "min_cosine_ours_vs_encode_32": min_cosine(kept["ours_32"], kept["encode_32"]), "load_averages": loads}
+    for name, (ours, theirs) in pairs.items():
+        per_repeat = [a / b for a, b in zip(rates[ours], rates[theirs])]
+        figures[name] = round(statistics.median(per_repeat), 3)
+        figures[f"{name}_per_repeat"] = [round(r, 3) for r in per_repeat]
+        figures[f"{name}_of_medians"] = round(statistics.median(rates[ours]) / statistics.median(rates[theirs]), 3)
     if native:
         figures.update(min_cosine_bf16_vs_32=min_cosine(kept["ours_bf16"], kept["ours_32"]),
                        min_cosine_ours_vs_encode_bf16=min_cosine(kept["ours_bf16"], kept["encode_bf16"]))

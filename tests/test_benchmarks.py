@@ -61,4 +61,5 @@ def test_embed_throughput_ends_with_the_equal_and_default_ratios(tiny_model):
     assert figures["min_cosine_ours_vs_encode_32"] > 0.9999  # the same float32 forward
     arms = {"ours_32", "encode_32"} | ({"ours_bf16", "encode_bf16"} if machine["bf16_native"] else set())
     assert set(figures["docs_per_s"]) == arms and (figures["ratio_equal_bf16"] is not None) == machine["bf16_native"]
-    assert len(figures["load_averages"]) == 1 and "repeat 0: docs/s ours_32" in done.stdout
+    assert len(figures["load_averages"]) == len(figures["ratio_equal_per_repeat"]) == 1
+    assert "repeat 0: docs/s ours_32" in done.stdout
