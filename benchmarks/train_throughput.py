@@ -26,7 +26,9 @@ repeats of its timed pairs / timed time, with the min-max range.
 
 ``peak_share``: the model FLOP/s of our step (``model_flops``: real tokens only) over the measured
 matmul peak. ``real_token_share``: real tokens / padded tokens per step, padded = sum over chunks
-of rows x chunk width (and without the cut: 2B rows x the longest row). Top-level figures of
+of rows x chunk width (and without the cut: 2B rows x the longest row);
+``real_token_share_sentence_transformers``: the same over what sentence-transformers padded on our
+batches (B rows x the column's longest row, per column, as its loss received them). Top-level figures of
 the JSON line are the worst over views.
 
     python benchmarks/train_throughput.py                  # CPU: crops and dropout, packaged MiniLM
@@ -126,8 +128,9 @@ def time_ours(model_path: str, batches, device: str, warmup: int, compiled: bool
 
 def time_sentence_transformers(model_path: str, pairs, batch_size: int, max_length: int, device: str,
                                warmup: int, same_batches: bool, profiler=None):
-    """Step times of sentence-transformers' trainer over ``pairs``, and the row lengths its loss
-    received per step (anchor column then positive column, as our batches' 2B rows).
+    """Step times of sentence-transformers' trainer over ``pairs``, the row lengths its loss
+    received per step (anchor column then positive column, as our batches' 2B rows), and the tokens
+    it padded per step (each column padded to its own longest row, one forward per column).
     ``same_batches``: our batches in our order; else the trainer's default (random) sampler."""
     from datasets import Dataset
     from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
@@ -152,10 +155,11 @@ def time_sentence_transformers(model_path: str, pairs, batch_size: int, max_leng
                 profiler.stop()
 
     class RecordingLoss(MultipleNegativesRankingLoss):
-        """MNRL that keeps the row lengths it is given (on the device, read after training)."""
+        """MNRL that keeps the row lengths and padded sizes it is given (read after training)."""
 
         def forward(self, sentence_features, labels):
             self.lengths.append(torch.cat([f["attention_mask"].sum(1) for f in sentence_features]))
+            self.padded.append(sum(f["attention_mask"].numel() for f in sentence_features))
             return super().forward(sentence_features, labels)
 
     model = SentenceTransformer(model_path, device=device)
@@ -170,10 +174,10 @@ def time_sentence_transformers(model_path: str, pairs, batch_size: int, max_leng
             report_to="none", save_strategy="no", logging_strategy="no", disable_tqdm=True,
             dataloader_drop_last=True, use_cpu=device == "cpu", bf16=device == "cuda", seed=0, **sampler)
         timer, loss = Timer(), RecordingLoss(model, scale=20.0)
-        loss.lengths = []
+        loss.lengths, loss.padded = [], []
         trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss, callbacks=[timer])
         trainer.train()
-    return timer.times[warmup:], [x.tolist() for x in loss.lengths]
+    return timer.times[warmup:], [x.tolist() for x in loss.lengths], loss.padded
 
 
 def check_batches(batches, lengths: list[list[int]], same: bool) -> str:
@@ -264,15 +268,17 @@ def compare(name, view, model_path, tokenizer, args) -> dict:
                     for n in (1024, 2048, 8192) if n != DEFAULT_CHUNK}
         systems |= {"ours, eager attention": lambda: ours(attn_implementation="eager"),
                     f"ours, cached loss (chunks of {B} rows)": lambda: ours(cache_chunk_size=B)}
-    rates, peaks, checks = {system: [] for system in systems}, [], {}
+    rates, peaks, checks, per_column = {system: [] for system in systems}, [], {}, None
     order = list(systems)
     for repeat in range(args.repeats):
         print(f"[{name} repeat {repeat + 1}/{args.repeats}] load average at start {loadavg()}", flush=True)
         for system in order[repeat % len(order):] + order[:repeat % len(order)]:
             out = systems[system]()
             if system in (ST, ST_SAME):
-                out, lengths = out
+                out, lengths, padded_rows = out
                 checks[system] = check_batches(batches, lengths, system == ST_SAME)
+                if system == ST_SAME:  # its own padding of our batches, over the timed steps
+                    per_column = sum(padded_rows[args.warmup:steps]) / args.steps
             rates[system].append(rate(out, B))
             print(f"  {system}: {rates[system][-1]:.2f} pairs/s", flush=True)
         peaks.append(matmul_peak(args.device, args.mm_size))
@@ -280,14 +286,14 @@ def compare(name, view, model_path, tokenizer, args) -> dict:
 
     real = sum(b["tokens"] for b in timed) / args.steps
     padded = {chunk: sum(padded_tokens(b, chunk) for b in timed) / args.steps for chunk in (DEFAULT_CHUNK, None)}
-    per_column = sum(m.shape[1] * B for b in timed for m in b["attention_mask"].chunk(2)) / args.steps
     flops = model_flops(model_path, timed)
     med = {system: statistics.median(r) for system, r in rates.items()}
     peak = statistics.median(peaks)
     flop_rate = flops * med[OURS] / B
     print(f"\n{name}: {args.steps} timed steps x {args.repeats} repeats, batch {B} pairs; per step "
           f"{real:.0f} real tokens, padded: {padded[DEFAULT_CHUNK]:.0f} with the cut (tokens_per_chunk "
-          f"{DEFAULT_CHUNK}), {padded[None]:.0f} without, {per_column:.0f} per-column (sentence-transformers)")
+          f"{DEFAULT_CHUNK}), {padded[None]:.0f} without, {per_column:.0f} by sentence-transformers (each column "
+          f"padded to its own longest row)")
     for system, check in checks.items():
         print(f"  {system}: {check}")
     for system, r in rates.items():
@@ -299,6 +305,7 @@ def compare(name, view, model_path, tokenizer, args) -> dict:
     figures = {"ratio": round(med[OURS] / med[ST], 3), "ratio_same_batches": round(med[OURS] / med[ST_SAME], 3),
                "real_token_share": round(real / padded[DEFAULT_CHUNK], 3),
                "real_token_share_no_cut": round(real / padded[None], 3),
+               "real_token_share_sentence_transformers": round(real / per_column, 3),
                "peak_share": round(flop_rate / peak, 4), "peak_gflops": summary([p / 1e9 for p in peaks]),
                "samples_per_s": round(med[OURS], 3), "tokens_per_s": round(real * med[OURS] / B, 1),
                "tflop_per_s": round(flop_rate / 1e12, 4),
@@ -374,7 +381,8 @@ def main() -> None:
     gpu = {"mfu": worst("mfu")} if args.device == "cuda" and all(r["mfu"] for r in results.values()) else {}
     emit("train_pairs_per_s_vs_sentence_transformers", ratio=worst("ratio"),
          ratio_same_batches=worst("ratio_same_batches"), real_token_share=worst("real_token_share"),
-         real_token_share_no_cut=worst("real_token_share_no_cut"), peak_share=worst("peak_share"), **gpu,
+         real_token_share_no_cut=worst("real_token_share_no_cut"),
+         real_token_share_sentence_transformers=worst("real_token_share_sentence_transformers"), peak_share=worst("peak_share"), **gpu,
          samples_per_s=worst("samples_per_s"), tokens_per_s=worst("tokens_per_s"), tflop_per_s=worst("tflop_per_s"),
          tokens_per_chunk=DEFAULT_CHUNK, views=results)
 

@@ -3,6 +3,7 @@ every run's callbacks as config sections, pre-fit checks, and preemption-safe ch
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import yaml
@@ -102,8 +103,10 @@ def resolve_recipe(path: str | Path) -> dict:
     """The complete ``lightning fit`` config a recipe file stands for, every default filled in (what
     ``lightning fit --config PATH --print_config`` shows); nothing is built."""
     try:
-        _RecipeCLI(ContrastiveModule, ContrastiveDataModule, args=["fit", "--config", str(path)],
-                   seed_everything_default=SEED, save_config_kwargs={"overwrite": True})
+        with warnings.catch_warnings():  # the args are the recipe's, not the running command's
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+            _RecipeCLI(ContrastiveModule, ContrastiveDataModule, args=["fit", "--config", str(path)],
+                       seed_everything_default=SEED, save_config_kwargs={"overwrite": True})
     except _Parsed as parsed:
         return yaml.safe_load(str(parsed))["fit"]
     raise AssertionError("unreachable: parse_arguments always raises")
