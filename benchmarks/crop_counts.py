@@ -47,7 +47,8 @@ def count(source: str, tokenizer, seed: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sources", nargs="+", default=["packaged:bbcnews", "packaged:newsarticles"])
+    parser.add_argument("--sources", nargs="+",
+                        default=["packaged:bbcnews", "packaged:newsarticles", "packaged:houseofcommons"])
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args()
     tokenizer = load_tokenizer("packaged:minilm")

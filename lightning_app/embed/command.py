@@ -206,7 +206,8 @@ def embed_command(*, model: str, source: str, output: str, text_field: str = "te
         model: A Lightning checkpoint (.ckpt) written by lightning fit, an exported or
             sentence-transformers folder, a Hugging Face hub id, or packaged:minilm.
         source: Anything data.source takes: a local jsonl/json/parquet/csv/txt file, folder or glob, a
-            hub dataset id, packaged:bbcnews or packaged:newsarticles. It is streamed, never loaded whole.
+            hub dataset id, packaged:bbcnews, packaged:newsarticles or packaged:houseofcommons. It is
+            streamed, never loaded whole.
         output: Folder for the shards, meta.json and the map; created if missing.
         text_field: The column holding the text.
         label_field: A column to copy next to each embedding (and to colour the map by).

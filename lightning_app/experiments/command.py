@@ -266,7 +266,7 @@ def reproduce_command(*, source: str = "packaged:bbcnews", text_field: str = "te
 
     Args:
         source: labelled corpus to train on (labels unused) and to probe: a local file, folder or
-            glob, a hub dataset id, or packaged:bbcnews / packaged:newsarticles.
+            glob, a hub dataset id, or packaged:bbcnews / packaged:newsarticles / packaged:houseofcommons.
         text_field: the column holding the text.
         label_field: the column holding the class label (probes only).
         name: the corpus' name in tags and titles (default: from the source).

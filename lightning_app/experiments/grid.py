@@ -3,9 +3,10 @@ config written next to its results, so any cell can be rerun alone with
 ``lightning fit --config <cell>/config.yaml``.
 
 Settings (González-Márquez et al. 2025): ``untrained`` (the base model, read from the step-0
-probe of the first trained setting), ``dropout``, ``crops``, ``token_crops``, and crops with only
+probe of a trained cell of each seed), ``dropout``, ``crops``, ``token_crops``, and crops with only
 the last 2 or last 1 layers trained. Every trained setting shares steps, batch, learning rate,
-probes and seeds.
+probes and seeds, and every cell probes step 0, so each has its own baseline and the paired
+interval of its labelled change (``probe/<corpus>/knn_cv_change``).
 """
 
 from __future__ import annotations
@@ -158,9 +159,9 @@ def _set(config: dict, **values) -> None:
 
 
 def cell_config(setting: str, seed: int, folder: Path, *, recipes: dict[str, Path], model: dict, corpus: dict,
-                budget: Budget, probe: Probes, steps: int, num_layers: int, hardware: Hardware,
-                probe_at_start: bool) -> dict:
-    """The ``lightning fit`` config of one cell: its view's recipe file and what the grid changes in it."""
+                budget: Budget, probe: Probes, steps: int, num_layers: int, hardware: Hardware) -> dict:
+    """The ``lightning fit`` config of one cell: its view's recipe file and what the grid changes in it
+    (it probes step 0 whatever the recipe says)."""
     view, trained = SETTINGS[setting]
     if trained is not None and trained > num_layers:
         raise ConfigError(f"settings: '{setting}' trains the last {trained} layers, but the model has {num_layers}")
@@ -178,7 +179,7 @@ def cell_config(setting: str, seed: int, folder: Path, *, recipes: dict[str, Pat
          probe__corpora=[{"name": corpus["name"], "source": corpus["source"], "text_field": corpus["text_field"],
                           "label_field": corpus["label_field"], "max_documents": probe.documents}],
          probe__max_length=probe.max_length, probe__cv_folds=probe.cv_folds, probe__projector=probe.projector,
-         probe__at_start=probe_at_start, drift__every_n_steps=every,
+         probe__at_start=True, drift__every_n_steps=every,
          model__frozen_layers=0 if trained is None else num_layers - trained, model__lr=budget.lr,
          data__source=corpus["source"], data__text_field=corpus["text_field"], data__max_length=budget.max_length,
          data__batch_size=budget.batch_size, data__num_workers=hardware.num_workers,
@@ -189,14 +190,13 @@ def cell_config(setting: str, seed: int, folder: Path, *, recipes: dict[str, Pat
 
 
 def plan(output: Path, settings: list[str], seeds: list[int], **config_args) -> list[Cell]:
-    """Every trained cell in run order (seed by seed, so a short grid already covers every setting);
-    the first trained setting of each seed also probes step 0, the untrained base."""
+    """Every trained cell in run order (seed by seed, so a short grid already covers every setting)."""
     trained = [s for s in settings if s != UNTRAINED]
     cells = []
     for seed in seeds:
         for setting in trained:
             folder = output / setting / f"seed{seed}"
-            config = cell_config(setting, seed, folder, probe_at_start=setting == trained[0], **config_args)
+            config = cell_config(setting, seed, folder, **config_args)
             cells.append(Cell(setting, seed, folder, config))
     return cells
 

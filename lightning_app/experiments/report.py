@@ -1,6 +1,8 @@
 """The grid's report: a table (markdown and CSV) of kNN accuracy per setting, mean ± std over seeds,
-with the paper's numbers beside ours, and figures of accuracy by layer, by step and weight drift.
-Every number is read from the cells' own TensorBoard logs and MTEB score files."""
+with the paper's numbers beside ours, and figures of accuracy by layer, by step and weight drift;
+``signals.csv`` sets each cell's labelled change (with its paired 95% interval) beside the change of
+every label-free in-domain signal. Every number is read from the cells' own TensorBoard logs and MTEB
+score files."""
 
 from __future__ import annotations
 
@@ -17,13 +19,19 @@ from lightning_app.experiments.grid import UNTRAINED, Cell
 from lightning_app.evaluate.scores import read_scores
 from lightning_app.experiments.logs import read_scalars
 from lightning_app.probes import tags
+from lightning_app.probes.heldout import VIEW_TYPES
 from lightning_app.probes.tags import Series, layer_series
+from lightning_app.probes.verdict import SIGNALS
 
 # González-Márquez et al. (TMLR 2026): MPNet, batch 64, one epoch; in-domain kNN accuracy (mean over
 # their labelled corpora) and the mean of MTEB block means.
 PAPER = {UNTRAINED: (46.5, 33.2), "dropout": (49.1, 42.8), "crops": (55.8, 48.7)}
 LABELS = {UNTRAINED: "untrained", "dropout": "dropout", "crops": "crops", "token_crops": "token crops",
           "crops_last2": "crops, last 2 layers", "crops_last1": "crops, last 1 layer"}
+# signals.csv: a cell's labelled figures of the last layer, then each <view>/<signal>'s end minus step 0.
+SIGNAL_COLUMNS = [f"{view}/{signal}" for view in VIEW_TYPES for signal in SIGNALS]
+SIGNAL_HEADERS = ["setting", "seed", "corpus", "knn_cv_start", "knn_cv_end", "knn_cv_change", "change_low",
+                  "change_high", *SIGNAL_COLUMNS]
 
 
 @dataclass
@@ -38,6 +46,7 @@ class Measured:
     drift: list[list[float]] = field(default_factory=list)  # seed -> per-layer drift at the end
     wall_s: list[float] = field(default_factory=list)
     mteb: list[dict] = field(default_factory=list)  # scores.json of each model evaluated on MTEB, with its seed
+    signals: list[dict] = field(default_factory=list)  # seed -> signal_figures
 
     def per_layer(self) -> list[list[float]]:
         """Per-layer kNN accuracy of each seed: k-fold where measured, else the 10% split."""
@@ -46,6 +55,28 @@ class Measured:
 
 def _at(series: list[Series], step: int) -> list[float]:
     return [values[step] for values in series]
+
+
+def _final(series: Series | None) -> float | None:
+    return series[max(series)] if series else None
+
+
+def signal_figures(scalars: dict[str, Series], corpus: str) -> dict[str, str | float | None]:
+    """One cell's row of signals.csv past setting and seed: the corpus, the last layer's k-fold kNN accuracy at
+    step 0 and at the end, its paired change and 95% interval (``tags.change_tags``; a cell logged before
+    them has the change end minus step 0 alone), and each in-domain signal's end minus step 0 at the last
+    layer; None where not logged."""
+    cv = layer_series(scalars, tags.probe_tag(corpus, tags.KNN_CV))
+    start, end = (cv[-1].get(0), _final(cv[-1])) if cv else (None, None)
+    change, low, high = (_final(scalars.get(tag)) for tag in tags.change_tags(corpus))
+    if change is None and start is not None and end is not None:
+        change = end - start
+    figures = {"corpus": corpus, "knn_cv_start": start, "knn_cv_end": end, "knn_cv_change": change,
+               "change_low": low, "change_high": high}
+    for column in SIGNAL_COLUMNS:
+        layers = layer_series(scalars, tags.indomain_tag(*column.split("/")))
+        figures[column] = _final(layers[-1]) - layers[-1][0] if layers and 0 in layers[-1] else None
+    return figures
 
 
 def collect(cells: list[Cell], corpus: str, untrained_mteb: dict | None) -> dict[str, Measured]:
@@ -71,6 +102,7 @@ def collect(cells: list[Cell], corpus: str, untrained_mteb: dict | None) -> dict
         row.by_step.append(dict(sorted((cv or split)[-1].items())))
         drift = layer_series(scalars, tags.DRIFT)
         row.drift.append([values[max(values)] for values in drift])
+        row.signals.append(signal_figures(scalars, corpus))
         row.wall_s.append(json.loads(cell.done_file.read_text())["wall_s"])
         mteb = read_scores(cell.folder / "mteb")
         if mteb:
@@ -140,6 +172,15 @@ def cell_rows(measured: dict[str, Measured]) -> list[list]:
     return rows
 
 
+def signal_rows(measured: dict[str, Measured]) -> list[list]:
+    """signals.csv below its header: one row per trained run, blank where a figure was not logged."""
+    def text(value) -> str:
+        return "" if value is None else value if isinstance(value, str) else f"{value:.6g}"
+
+    return [[setting, seed, *(text(figures[key]) for key in SIGNAL_HEADERS[2:])]
+            for setting, row in measured.items() for seed, figures in zip(row.seeds, row.signals)]
+
+
 def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     return "\n".join(lines + ["| " + " | ".join(str(v) for v in row) + " |" for row in rows])
@@ -205,7 +246,7 @@ def figures(measured: dict[str, Measured], folder: Path, title: str) -> list[str
         for index, (setting, row) in enumerate(measured.items()):
             if setting == UNTRAINED:
                 continue
-            # Step 0 is the same seed's untrained model, probed once per seed by the first setting.
+            # Step 0 is the same seed's untrained model, the same in every cell of the seed.
             series = [{0: start[seed], **values} if seed in start else values
                       for seed, values in zip(row.seeds, row.by_step)]
             steps = sorted(set.intersection(*(set(values) for values in series)))
@@ -227,8 +268,8 @@ def figures(measured: dict[str, Measured], folder: Path, title: str) -> list[str
 
 
 def write_report(measured: dict[str, Measured], folder: Path, title: str, header: list[str]) -> Path:
-    """results.csv, cells.csv (one row per run), layers.csv, the figures and report.md in ``folder``;
-    returns report.md."""
+    """results.csv, cells.csv (one row per run), layers.csv, signals.csv (one row per trained run), the
+    figures and report.md in ``folder``; returns report.md."""
     rows = table_rows(measured)
     with open(folder / "results.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(HEADERS))
@@ -240,6 +281,8 @@ def write_report(measured: dict[str, Measured], folder: Path, title: str, header
     layer_headers, layer_rows = layer_table(measured)
     with open(folder / "layers.csv", "w", newline="", encoding="utf-8") as handle:
         csv.writer(handle).writerows([layer_headers] + layer_rows)
+    with open(folder / "signals.csv", "w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows([SIGNAL_HEADERS] + signal_rows(measured))
     names = figures(measured, folder, title)
     mteb_tasks = sorted({task for row in measured.values() for scores in row.mteb for task in scores["tasks"]})
     lines = [f"# {title}", "", *header, "",

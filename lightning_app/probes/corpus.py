@@ -22,7 +22,8 @@ class ProbeCorpus:
     Args:
         name: its name in TensorBoard tags (``probe/<name>/knn_acc``); letters, digits, ``_`` and ``-``.
         source: local file, folder or glob (jsonl, json, parquet, csv, txt), hub dataset id, or
-            ``packaged:bbcnews`` (5 topics).
+            ``packaged:bbcnews`` (5 topics), ``packaged:newsarticles`` (9 outlets) or
+            ``packaged:houseofcommons`` (4 parties).
         text_field: the column holding the text.
         label_field: the column holding the class label.
         subset: the hub dataset's configuration name.

@@ -1,5 +1,6 @@
 """The end of fit, in a few lines: did training help on each probe corpus (with a paired 95%
-interval), is that corpus yours, what the label-free signals of your corpus did, and what was exported.
+interval, also logged as ``probe/<corpus>/knn_cv_change``, ``_low`` and ``_high``), is that corpus
+yours, what the label-free signals of your corpus did, and what was exported.
 
 Self-supervised fine-tuning does not always help: from a model that is already a good sentence
 encoder, some corpora end below the untrained model on the probes. The summary says so plainly,
@@ -12,14 +13,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from lightning import Trainer
 from lightning.pytorch.utilities import rank_zero_only
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from lightning_app.model.export import ExportEncoder
-from lightning_app.probes import board, verdict
-from lightning_app.probes.interval import knn_cv_correct
+from lightning_app.probes import board, tags, verdict
+from lightning_app.probes.interval import knn_cv_correct, paired_interval
 from lightning_app.probes.knn import SEED
 from lightning_app.probes.plots import layout, palette
 
@@ -70,19 +72,36 @@ def summary_lines(summaries: list[CorpusSummary], k: int, exported: str | None,
     return lines
 
 
-def labelled_details(probe) -> tuple[dict[str, list[str]], tuple[str, float] | None, str | None]:
-    """Per labelled corpus of a ``LayerProbe``: its paired interval from step 0 to the end (``knn_cv_correct``
-    on the last layer) and whether it is the training corpus; also ``(corpus, share)`` of documents that
-    changed outcome (the training corpus's if it changed, else the first that did) and the first corpus
-    that is the training corpus."""
-    details, changes, own = {}, {}, None
+def end_outcomes(probe) -> dict[str, tuple[int, torch.Tensor, torch.Tensor]]:
+    """Per labelled corpus of a ``LayerProbe`` probed at step 0: the end step and the last layer's per-document
+    k-fold kNN correctness at step 0 and at the end (``knn_cv_correct``)."""
+    outcomes = {}
     for spec in probe.corpora:
-        lines = details.setdefault(spec.name, [])
         if spec.name in probe.start_correct and spec.name in probe.last_layer:
             step, end = probe.last_layer[spec.name]
             after = knn_cv_correct(end, probe.prepared[spec.name].corpus.labels, probe.k, probe.folds, probe.seed,
                                    probe.scoring["metric"])
-            line, changed = verdict.interval_line(spec.name, probe.start_correct[spec.name], after, probe.folds, step)
+            outcomes[spec.name] = (step, probe.start_correct[spec.name], after)
+    return outcomes
+
+
+def change_metrics(outcomes: dict[str, tuple[int, torch.Tensor, torch.Tensor]]) -> dict[str, float]:
+    """``tags.change_tags`` of each corpus in ``outcomes``: its paired change and 95% interval, as shares."""
+    return {tag: value for name, (_, before, after) in outcomes.items()
+            for tag, value in zip(tags.change_tags(name), paired_interval(before, after))}
+
+
+def labelled_details(probe, outcomes: dict[str, tuple[int, torch.Tensor, torch.Tensor]]
+                     ) -> tuple[dict[str, list[str]], tuple[str, float] | None, str | None]:
+    """Per labelled corpus of a ``LayerProbe``: its paired interval from step 0 to the end (from ``end_outcomes``)
+    and whether it is the training corpus; also ``(corpus, share)`` of documents that changed outcome (the
+    training corpus's if it changed, else the first that did) and the first corpus that is the training corpus."""
+    details, changes, own = {}, {}, None
+    for spec in probe.corpora:
+        lines = details.setdefault(spec.name, [])
+        if spec.name in outcomes:
+            step, before, after = outcomes[spec.name]
+            line, changed = verdict.interval_line(spec.name, before, after, probe.folds, step)
             lines.append(line)
             changes[spec.name] = changed
         if probe.data_source:
@@ -115,12 +134,18 @@ def finish(trainer: Trainer, probe) -> None:
 def log_summary(trainer: Trainer, probe) -> list[str]:
     """Print the summary and add it to TensorBoard as text (``probe/summary``): each corpus's last-layer kNN
     accuracy at step 0, at the end and at its best step, its paired 95% interval and whether it is the
-    training corpus; the training corpus's label-free signals; and which weights were exported."""
+    training corpus; the training corpus's label-free signals; and which weights were exported. The intervals
+    are also logged as scalars at the final step (``tags.change_tags``) through the trainer's loggers."""
     exporter = next((c for c in trainer.callbacks if isinstance(c, ExportEncoder)), None)
-    details, seen, own = labelled_details(probe)
+    outcomes = end_outcomes(probe)
+    details, seen, own = labelled_details(probe, outcomes)
     lines = summary_lines(summarize(probe.history), probe.k, exporter.chosen(trainer)[1] if exporter else None,
                           details, corpus_lines(probe, seen, own))
     print("\n".join(lines), flush=True)
+    if outcomes:
+        board.log_at_step(trainer, change_metrics(outcomes))
+        for logger in trainer.loggers:
+            logger.save()
     for writer in board.writers(trainer):
         writer.add_text("probe/summary", "\n".join(f"    {line}" for line in lines), trainer.global_step)
         writer.flush()

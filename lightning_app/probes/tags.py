@@ -8,6 +8,7 @@ from __future__ import annotations
 
 KNN = "knn_acc"  # kNN accuracy on the seeded 10% split (the paper's protocol)
 KNN_CV = "knn_cv_acc"  # k-fold cross-validated kNN accuracy
+KNN_CV_CHANGE = "knn_cv_change"  # the last layer's k-fold kNN accuracy at the end minus step 0, a share
 LINEAR = "linear_acc"  # logistic-regression probe
 DRIFT = "drift"
 INDOMAIN = "indomain"  # label-free signals on held-out documents of the training corpus (no corpus may take the name)
@@ -18,6 +19,13 @@ Series = dict[int, float]  # step -> value
 def probe_tag(corpus: str, score: str) -> str:
     """``probe/<corpus>/<score>``: a score of the last layer (what ``ModelCheckpoint`` monitors)."""
     return f"probe/{corpus}/{score}"
+
+
+def change_tags(corpus: str) -> tuple[str, str, str]:
+    """``probe/<corpus>/knn_cv_change`` and its ``_low`` and ``_high``: the paired change of the last layer's
+    k-fold kNN accuracy from step 0 to the end and its 95% interval (shares), logged at the final step."""
+    tag = probe_tag(corpus, KNN_CV_CHANGE)
+    return tag, f"{tag}_low", f"{tag}_high"
 
 
 def indomain_tag(view: str, signal: str) -> str:

@@ -19,7 +19,8 @@ HALF_WIDTH = 0.02  # the interval the label count is sized for: +- 2 points of a
 # Share of documents whose kNN outcome differs between step 0 and the end, assumed when no labelled
 # probe measures it: about twice the 2.4% that the default run's 30 steps gave on BBC News.
 ASSUMED_DISCORDANCE = 0.05
-PACKAGED = {"packaged:bbcnews": ("BBC News", "news topics"), "packaged:newsarticles": ("NewsArticles", "news outlets")}
+PACKAGED = {"packaged:bbcnews": ("BBC News", "news topics"), "packaged:newsarticles": ("NewsArticles", "news outlets"),
+            "packaged:houseofcommons": ("House of Commons", "the parties of parliamentary speakers")}
 SIGNALS = {"retrieval_top1": ("retrieval top-1", ".3f"), "retrieval_mrr": ("MRR", ".3f"),
            "effective_rank": ("effective rank", ".1f"), "alignment": ("alignment", ".3f"),
            "uniformity": ("uniformity", ".3f"), "lexical_overlap": ("lexical overlap", ".3f")}

@@ -1,4 +1,6 @@
 import json
+import statistics
+from collections import Counter
 
 import pytest
 
@@ -85,6 +87,15 @@ def test_packaged_news_articles_are_labelled_by_outlet():
     assert len(outlets) == 9 and {"aljazeera.com", "bbc.co.uk", "tass.com"} <= outlets
     assert not any(doc["label"].startswith("www.") for doc in documents)
     assert sum(not doc["text"].strip() for doc in documents) == 1  # one article of the archive is empty
+
+
+def test_packaged_house_of_commons_speeches_are_labelled_by_party():
+    documents = list(open_corpus("packaged:houseofcommons", label_field="label"))
+    parties = Counter(doc["label"] for doc in documents)
+    assert len(documents) == 920  # of 1,000: the chair's and 7 small parties' 80 speeches left out
+    assert parties == {"Con": 442, "Lab": 398, "LibDem": 58, "SNP": 22}
+    assert statistics.median(len(doc["text"]) for doc in documents) == 464
+    assert all(doc["text"].strip() for doc in documents)
 
 
 def test_packaged_model_is_not_a_corpus():

@@ -97,7 +97,7 @@ def test_interrupted_grid_reruns_only_the_missing_cells(grid):
 @pytest.mark.timeout(600)
 def test_every_report_file_is_written(grid):
     output, _ = grid
-    for name in ("report.md", "results.csv", "cells.csv", "layers.csv", "reproduce.yaml", *FIGURES):
+    for name in ("report.md", "results.csv", "cells.csv", "layers.csv", "signals.csv", "reproduce.yaml", *FIGURES):
         assert (output / name).stat().st_size > 0, name
     for name in FIGURES:
         assert (output / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -132,14 +132,28 @@ def test_table_numbers_come_from_the_cells_logs(grid):
         assert rows[label]["knn_split"] == mean_std(split)
         assert rows[label]["knn_cv"] == mean_std(cv)
         assert rows[label]["seeds"] == "2"
-    # The untrained base: step 0 of the first trained setting, once per seed (its only probe at step 0).
+    # The untrained base: step 0, probed by every cell, the same in every setting of a seed.
+    for seed in (1, 2):
+        starts = {setting: read_scalars(output / setting / f"seed{seed}" / "tensorboard")["probe/bbc/knn_cv_acc"][0]
+                  for setting in TRAINED}
+        assert len(set(starts.values())) == 1, starts
     base = [read_scalars(output / "dropout" / f"seed{seed}" / "tensorboard")["probe/bbc/knn_cv_acc"][0]
             for seed in (1, 2)]
     assert rows["untrained"]["knn_cv"] == mean_std(base)
-    assert 0 not in read_scalars(output / "crops" / "seed1" / "tensorboard")["probe/bbc/knn_cv_acc"]
     runs = {(row["setting"], row["seed"]): row for row in csv.DictReader((output / "cells.csv").open())}
     assert float(runs["crops", "2"]["knn_cv"]) == pytest.approx(
         read_scalars(output / "crops" / "seed2" / "tensorboard")["probe/bbc/knn_cv_acc"][2], abs=1e-4)
+    # signals.csv: every trained cell's own step 0, its paired interval and its in-domain signal changes.
+    signals = {(row["setting"], row["seed"]): row for row in csv.DictReader((output / "signals.csv").open())}
+    assert set(signals) == {(setting, str(seed)) for setting in TRAINED for seed in (1, 2)}
+    crops = read_scalars(output / "crops" / "seed2" / "tensorboard")
+    row = signals["crops", "2"]
+    assert row["corpus"] == "bbc" and float(row["knn_cv_start"]) == pytest.approx(crops["probe/bbc/knn_cv_acc"][0])
+    assert float(row["knn_cv_change"]) == pytest.approx(crops["probe/bbc/knn_cv_change"][2], abs=1e-5)
+    assert float(row["knn_cv_change"]) == pytest.approx(float(row["knn_cv_end"]) - float(row["knn_cv_start"]), abs=1e-5)
+    assert float(row["change_low"]) <= float(row["change_high"])
+    top1 = layer_series(crops, "probe/indomain/sentence_crops/retrieval_top1")[-1]
+    assert float(row["sentence_crops/retrieval_top1"]) == pytest.approx(top1[2] - top1[0], abs=1e-5)
     lee = json.loads((output / "crops" / "seed1" / "mteb" / "scores.json").read_text())["mean"]
     assert float(runs["crops", "1"]["mteb_mean"]) == pytest.approx(lee, abs=1e-4)
     assert runs["crops", "2"]["mteb_mean"] == ""  # mteb.seeds: 1
@@ -164,7 +178,7 @@ def test_a_rerun_of_a_finished_grid_runs_nothing(grid, tiny_model, capsys):
     assert "holds a finished dropout/seed1 run with a different config" in capsys.readouterr().err
 
 
-def test_plan_trains_the_last_layers_and_probes_step_zero_once_per_seed(tmp_path):
+def test_plan_trains_the_last_layers_and_probes_step_zero_in_every_cell(tmp_path):
     recipes = {view: recipe_file(path) for view, path in RECIPES.items()}
     cells = plan(tmp_path, list(ALL_SETTINGS), [1, 2], recipes=recipes,
                  model={"model": "m", "pretrained": True, "config_overrides": None},
@@ -176,8 +190,7 @@ def test_plan_trains_the_last_layers_and_probes_step_zero_once_per_seed(tmp_path
     views = {cell.setting: Path(cell.config["config"]).name for cell in cells}
     assert views == {"dropout": "dropout.yaml", "crops": "crop.yaml", "token_crops": "token_crop.yaml",
                      "crops_last2": "crop.yaml", "crops_last1": "crop.yaml"}
-    at_start = [cell.name for cell in cells if cell.config["probe.at_start"]]
-    assert at_start == ["dropout/seed1", "dropout/seed2"]
+    assert all(cell.config["probe.at_start"] for cell in cells)  # every cell has its own step-0 baseline
     assert {cell.config["trainer.val_check_interval"] for cell in cells} == {10}
     # What the budget leaves unset is the recipe's, written there alone.
     assert not any(key in cell.config for cell in cells for key in ("model.lr", "data.batch_size", "model.temperature"))

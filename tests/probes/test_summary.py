@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from lightning_app.errors import ConfigError
 from lightning_app.model.export import ExportEncoder
 from lightning_app.model.load import encoder_from_checkpoint, load_encoder
 from lightning_app.probes.summary import summarize, summary_lines
+from lightning_app.probes.tags import change_tags
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -67,6 +69,15 @@ def test_fit_prints_the_summary_exports_the_best_checkpoint_and_logs_tsne(best_r
     for (name, value), (_, expected) in zip(exported.state_dict().items(), saved.state_dict().items()):
         torch.testing.assert_close(value, expected, msg=name)
     assert "probe/bbcnews/tsne" in events.Tags()["images"]
+    # The printed interval, as shares at the final step: the change, its low and its high.
+    interval = re.search(r"  bbcnews: 10-fold kNN on the same (\d+) documents, step 0 -> step 10: ([-+][\d.]+) points "
+                         r"\(95% interval ([-+][\d.]+) to ([-+][\d.]+)\)", printed)
+    assert interval and interval[1] == "150"
+    for tag, shown in zip(change_tags("bbcnews"), interval.groups()[1:]):
+        (event,) = events.Scalars(tag)
+        assert event.step == 10 and f"{100 * event.value:+.1f}" == shown, tag
+    change, low, high = (events.Scalars(tag)[0].value for tag in change_tags("bbcnews"))
+    assert low <= high and -1 <= change <= 1 and change * 150 == pytest.approx(round(change * 150), abs=1e-3)
     image = events.Images("probe/bbcnews/tsne")[-1]
     assert image.step == 10 and image.width > 2 * image.height * 0.9  # two maps side by side
 

@@ -1,0 +1,183 @@
+"""Which label-free in-domain signal predicts the labelled verdict, across reproduction grids.
+
+Each grid (one corpus x one model, ``lightning reproduce``) writes ``signals.csv``: per trained cell,
+the last layer's k-fold kNN accuracy change from step 0 to the end with its paired 95% interval, and
+each ``<view>/<signal>``'s change over the same steps. For every signal this prints
+
+- its Spearman correlation with the kNN change, per corpus and over every cell pooled;
+- its sign agreement under leave-one-corpus-out: on the other corpora's cells, the threshold on the
+  signal's change and its direction that get the most verdicts right (cells whose interval lies wholly
+  above 0 against those wholly below; cells whose interval covers 0 are not counted) are fitted, then
+  scored on the held-out corpus's counted cells. Thresholds are the midpoints between adjacent signal
+  changes and one unit beyond either end (every cell one way); ties go to "higher is better", then to
+  the lowest threshold. With one corpus, leave-one-corpus-out is not possible: the rule is fitted and
+  scored on that corpus itself (in-sample, an upper bound).
+
+The JSON last line holds every figure.
+
+    python benchmarks/signal_agreement.py GRID_DIR [GRID_DIR ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from scipy.stats import spearmanr
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.common import emit  # noqa: E402
+
+CHANGE = "knn_cv_change"
+
+
+def fail(message: str) -> None:
+    """One line naming the argument, exit status 2."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def read_grids(folders: list[str]) -> tuple[dict[str, list[dict]], list[str]]:
+    """Every grid's cells by corpus (values as floats, None where blank) and the signal columns
+    (``<view>/<signal>``) in the first grid's order; one line naming the folder when it has no signals.csv."""
+    by_corpus: dict[str, list[dict]] = {}
+    columns: list[str] = []
+    for folder in folders:
+        path = Path(folder) / "signals.csv"
+        if not path.is_file():
+            fail(f"GRID_DIR: no signals.csv in {folder}; expected a `lightning reproduce` output folder")
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            columns += [name for name in reader.fieldnames or [] if "/" in name and name not in columns]
+            for row in reader:
+                cell = {key: (value if key in ("setting", "seed", "corpus") else float(value) if value else None)
+                        for key, value in row.items()}
+                by_corpus.setdefault(row["corpus"], []).append(cell)
+    return by_corpus, columns
+
+
+def spearman(cells: list[dict], column: str) -> dict:
+    """Spearman's rho of the signal's change against the kNN change over the cells with both (None when
+    fewer than 3 or either is constant)."""
+    pairs = [(cell[column], cell[CHANGE]) for cell in cells if cell.get(column) is not None
+             and cell.get(CHANGE) is not None]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a constant input: rho is nan
+        rho = float(spearmanr(*zip(*pairs)).statistic) if len(pairs) >= 3 else math.nan
+    return {"rho": None if math.isnan(rho) else float(rho), "n": len(pairs)}
+
+
+def decided(cells: list[dict], column: str) -> list[tuple[float, int]]:
+    """(signal change, +1 or -1) of the cells whose interval lies wholly above or below 0."""
+    points = []
+    for cell in cells:
+        low, high, value = cell.get("change_low"), cell.get("change_high"), cell.get(column)
+        if value is not None and low is not None and high is not None and (low > 0 or high < 0):
+            points.append((value, 1 if low > 0 else -1))
+    return points
+
+
+def predict(value: float, threshold: float, direction: int) -> int:
+    return 1 if direction * (value - threshold) > 0 else -1
+
+
+def fit_rule(points: list[tuple[float, int]]) -> tuple[float, int] | None:
+    """The (threshold, direction) that gets the most signs right; None without points."""
+    values = sorted({value for value, _ in points})
+    if not values:
+        return None
+    cuts = [values[0] - 1.0, *((a + b) / 2 for a, b in zip(values, values[1:])), values[-1] + 1.0]
+    best, right = None, -1
+    for direction in (1, -1):
+        for cut in cuts:
+            score = sum(predict(value, cut, direction) == sign for value, sign in points)
+            if score > right:
+                best, right = (cut, direction), score
+    return best
+
+
+def score(rule: tuple[float, int] | None, points: list[tuple[float, int]], fitted_on: int) -> dict:
+    """How many of ``points`` the rule gets right, its share (None without a rule or points) and the rule."""
+    right = sum(predict(value, *rule) == sign for value, sign in points) if rule else 0
+    return {"agreement": right / len(points) if rule and points else None, "right": right, "n": len(points),
+            "threshold": rule[0] if rule else None, "direction": rule[1] if rule else None, "fitted_on": fitted_on}
+
+
+def loco(by_corpus: dict[str, list[dict]], column: str) -> dict:
+    """Per held-out corpus: the rule fitted on the other corpora's counted cells, scored on its own; and the
+    share right over every held-out cell."""
+    folds = {}
+    for held_out, cells in by_corpus.items():
+        train = [point for corpus, others in by_corpus.items() if corpus != held_out
+                 for point in decided(others, column)]
+        folds[held_out] = score(fit_rule(train), decided(cells, column), len(train))
+    scored = [fold for fold in folds.values() if fold["agreement"] is not None]
+    right, counted = sum(fold["right"] for fold in scored), sum(fold["n"] for fold in scored)
+    return {"folds": folds, "agreement": right / counted if counted else None, "n": counted}
+
+
+def figures(by_corpus: dict[str, list[dict]], column: str) -> dict:
+    """Every figure of one signal: Spearman per corpus and pooled, then LOCO (several corpora) or the
+    in-sample rule (one corpus)."""
+    out = {"spearman": {corpus: spearman(cells, column) for corpus, cells in by_corpus.items()},
+           "pooled": spearman([cell for cells in by_corpus.values() for cell in cells], column)}
+    if len(by_corpus) > 1:
+        out["loco"] = loco(by_corpus, column)
+    else:
+        points = decided(next(iter(by_corpus.values())), column)
+        out["within"] = score(fit_rule(points), points, len(points))
+    return out
+
+
+def _number(value, form: str = "+.2f") -> str:
+    return "-" if value is None else f"{value:{form}}"
+
+
+def _rule(fold: dict) -> str:
+    if fold["threshold"] is None:
+        return "no rule (no counted cells to fit)"
+    side = ">" if fold["direction"] == 1 else "<"
+    return (f"{_number(fold['agreement'], '.2f')} of {fold['n']} counted "
+            f"(gain when change {side} {fold['threshold']:.4g}; fitted on {fold['fitted_on']})")
+
+
+def print_signal(column: str, found: dict) -> None:
+    print(column)
+    per_corpus = ", ".join(f"{corpus} {_number(s['rho'])} (n={s['n']})" for corpus, s in found["spearman"].items())
+    print(f"  Spearman with {CHANGE}: {per_corpus}; pooled {_number(found['pooled']['rho'])} "
+          f"(n={found['pooled']['n']})")
+    if "loco" in found:
+        for corpus, fold in found["loco"]["folds"].items():
+            print(f"  leave {corpus} out: {_rule(fold)}")
+        print(f"  leave-one-corpus-out sign agreement: {_number(found['loco']['agreement'], '.2f')} "
+              f"of {found['loco']['n']} counted cells")
+    else:
+        print(f"  within the corpus (in-sample): {_rule(found['within'])}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("grids", nargs="+", metavar="GRID_DIR", help="`lightning reproduce` output folders")
+    args = parser.parse_args()
+    by_corpus, columns = read_grids(args.grids)
+    if not columns:
+        fail("GRID_DIR: the signals.csv files hold no <view>/<signal> columns")
+    cells = sum(len(c) for c in by_corpus.values())
+    print(f"{len(args.grids)} grid(s), {cells} cells, corpora: {', '.join(by_corpus)}")
+    if len(by_corpus) == 1:
+        print("one corpus: leave-one-corpus-out is not possible; the figures below are within that corpus")
+    results = {}
+    for column in columns:
+        results[column] = figures(by_corpus, column)
+        print_signal(column, results[column])
+    emit("signal_agreement", grids=args.grids, corpora={corpus: len(c) for corpus, c in by_corpus.items()},
+         signals=results)
+
+
+if __name__ == "__main__":
+    main()
