@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import platform
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -223,6 +225,13 @@ def evaluate_on_mteb(planned: Plan, mteb: Mteb, seeds: list[int], untrained: boo
     return scores
 
 
+def code_line(cells: list[Cell]) -> str:
+    """Which code ran the finished cells (each cell's ``done.json``): the commits and how many cells each."""
+    codes = Counter(json.loads(cell.done_file.read_text()).get("code", "not recorded") for cell in cells if cell.done)
+    return ", ".join(f"`{code}` ({count} cells)" if code != "not recorded" else f"not recorded ({count} cells)"
+                     for code, count in codes.items()) or "no finished cell"
+
+
 def report(planned: Plan, options: dict, waiting: list[Cell], untrained: dict | None, seconds: float) -> None:
     """Collect the finished cells' results, write the report (report.md, CSV files, figures) and print it."""
     measured = collect(planned.cells, planned.name, untrained)
@@ -241,6 +250,7 @@ def report(planned: Plan, options: dict, waiting: list[Cell], untrained: dict | 
               f"CPUs, device {_device(planned.runs_on)}; the runs took "
               f"{sum(sum(row.wall_s) for row in measured.values()) / 60:.1f} min in all (this invocation "
               f"{seconds / 60:.1f} min)"]
+    header.append(f"- code: {code_line(planned.cells)}")
     if waiting:
         header.append(f"- **incomplete**: {len(cells) - len(waiting)} of {len(cells)} cells finished; still to come: "
                       + ", ".join(cell.name for cell in waiting))

@@ -11,6 +11,7 @@ interval of its labelled change (``probe/<corpus>/knn_cv_change``).
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import math
 import os
@@ -189,6 +190,19 @@ def cell_config(setting: str, seed: int, folder: Path, *, recipes: dict[str, Pat
     return config
 
 
+def code_version() -> str:
+    """The code a cell ran: the git commit of the package's checkout (``+`` when it has uncommitted changes),
+    else the installed version."""
+    try:
+        described = subprocess.run(["git", "-C", str(Path(__file__).resolve().parent), "describe", "--always",
+                                    "--dirty=+", "--abbrev=7"], capture_output=True, text=True, timeout=30)
+        if described.returncode == 0 and described.stdout.strip():
+            return described.stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return f"version {importlib.metadata.version('lightning-app-embeddings')}"
+
+
 def plan(output: Path, settings: list[str], seeds: list[int], **config_args) -> list[Cell]:
     """Every trained cell in run order (seed by seed, so a short grid already covers every setting)."""
     trained = [s for s in settings if s != UNTRAINED]
@@ -246,5 +260,6 @@ def run_cell(cell: Cell, keep_checkpoints: bool = False, env: dict | None = None
         for path in cell.folder.glob("hpc_ckpt_*.ckpt"):
             path.unlink()
     cell.done_file.write_text(json.dumps({"setting": cell.setting, "seed": cell.seed, "wall_s": round(seconds, 1),
-                                          "steps": cell.config["trainer.max_steps"]}) + "\n", encoding="utf-8")
+                                          "steps": cell.config["trainer.max_steps"], "code": code_version()}) + "\n",
+                              encoding="utf-8")
     return seconds

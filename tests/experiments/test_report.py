@@ -65,3 +65,17 @@ def test_signals_csv_has_each_cells_change_interval_and_signal_changes(tmp_path)
     assert [unprobed[key] for key in SIGNAL_HEADERS[3:8]] == ["", "0.7", "", "", ""]
     assert measured["untrained"].seeds == [1]  # the first cell of seed 1 with a step 0
     assert measured["untrained"].cv[0][-1] == pytest.approx(0.75)
+
+
+def test_the_report_names_the_code_each_finished_cell_ran(tmp_path):
+    from lightning_app.experiments.command import code_line
+    from lightning_app.experiments.grid import code_version
+
+    cells = [fake_cell(tmp_path, setting, 1, knn(0.5, 0.6)) for setting in ("crops", "dropout", "token_crops")]
+    for cell, code in zip(cells, ("abc1234", "abc1234")):
+        cell.done_file.write_text(json.dumps({**json.loads(cell.done_file.read_text()), "code": code}))
+    waiting = Cell("crops_last2", 1, tmp_path / "crops_last2" / "seed1", {})
+    assert code_line([*cells, waiting]) == "`abc1234` (2 cells), not recorded (1 cells)"
+    assert code_line([waiting]) == "no finished cell"
+    # This checkout's commit (``+`` for uncommitted changes), as ``git describe`` gives it.
+    assert code_version().rstrip("+").isalnum() or code_version().startswith("version ")
