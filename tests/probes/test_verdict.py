@@ -42,8 +42,9 @@ def test_a_labelled_probe_of_the_training_corpus_gets_a_paired_interval_and_the_
         "    dropout: retrieval top-1 0.990 (step 0 not probed)",
         "  your corpus: judged with labels by mine above; the label-free signals alone cannot judge quality "
         "(which of them predicts a labelled gain is not yet established).",
-        "  your corpus: about 961 labelled documents of it, listed under probe.corpora, would give a 95% interval "
-        "of +/- 2 points (10.0% of documents changed outcome on mine).",
+        "  your corpus: at least 961 labelled documents of it, listed under probe.corpora, would give a 95% interval "
+        "of +/- 2 points (10.0% of documents changed outcome on mine; by subsampling two labelled corpora, that "
+        "width took 1.3-2.2 times this count).",
     ]
 
 
@@ -64,8 +65,9 @@ def test_an_out_of_domain_probe_says_so_and_the_training_corpus_gets_no_verdict(
     assert judgement_lines(None, ("bbcnews", 0.05)) == [
         "  your corpus: no verdict: without labels these signals cannot judge quality (which of them predicts a "
         "labelled gain is not yet established).",
-        "  your corpus: about 481 labelled documents of it, listed under probe.corpora, would give a 95% interval "
-        "of +/- 2 points (5.0% of documents changed outcome on bbcnews).",
+        "  your corpus: at least 481 labelled documents of it, listed under probe.corpora, would give a 95% interval "
+        "of +/- 2 points (5.0% of documents changed outcome on bbcnews; by subsampling two labelled corpora, that "
+        "width took 1.3-2.2 times this count).",
     ]
 
 
@@ -74,8 +76,9 @@ def test_without_a_labelled_probe_the_label_count_rests_on_a_stated_assumption()
     lines = summary_lines(summarize({}), 10, "the last weights (step 30)", {}, trailer)
     assert lines[:2] == ["probe summary: no labelled probe corpus (probe.corpora is empty)",
                          "  your corpus (papers/*.jsonl): no label-free signals (probe.indomain_documents is 0)"]
-    assert lines[3] == ("  your corpus: about 481 labelled documents of it, listed under probe.corpora, would give a "
-                        "95% interval of +/- 2 points (assuming 5% of documents change outcome).")
+    assert lines[3] == ("  your corpus: at least 481 labelled documents of it, listed under probe.corpora, would give a "
+                        "95% interval of +/- 2 points (assuming 5% of documents change outcome; by subsampling two "
+                        "labelled corpora, that width took 1.3-2.2 times this count).")
     assert lines[2].startswith("  your corpus: no verdict") and lines[4:] == ["  exported: the last weights (step 30)"]
 
 
