@@ -9,6 +9,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import lightning as L
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,6 +39,33 @@ def scalars(log_dir: Path, tag: str) -> list[tuple[int, float]]:
     events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
     events.Reload()
     return [(e.step, e.value) for e in events.Scalars(tag)]
+
+
+TIMING = ("train/time", "validate/time")  # wall-clock seconds; so are the rates (*/device/*, *_per_sec)
+
+
+def logged(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar of a TensorBoard folder but the timings, per tag as sorted (step, value) pairs."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: sorted((e.step, e.value) for e in events.Scalars(tag)) for tag in events.Tags()["scalars"]
+            if tag not in TIMING and "/device/" not in tag and not tag.endswith("_per_sec")}
+
+
+def assert_same_log(ours: Path, theirs: Path) -> None:
+    """Every tag, every step, once, with the uninterrupted run's values."""
+    mine, reference = logged(ours), logged(theirs)
+    assert sorted(mine) == sorted(reference)
+    largest = 0.0
+    for tag, points in reference.items():
+        assert [step for step, _ in mine[tag]] == [step for step, _ in points], tag
+        values = [value for _, value in points]
+        assert [value for _, value in mine[tag]] == pytest.approx(values, rel=1e-5, abs=1e-6), tag
+        largest = max([largest, *(abs(a - b) for (_, a), b in zip(mine[tag], values))])
+    print(f"the log: {len(reference)} tags, {sum(map(len, reference.values()))} points, as uninterrupted "
+          f"(largest value difference {largest:.3g})")
 
 
 def make_datamodule(source, tokenizer_path="packaged:minilm", rank=0, world=1, **kwargs):

@@ -1,6 +1,7 @@
 """Faults the way they happen: ``lightning fit`` as a process, SIGKILLed at a random moment or in the
-middle of a checkpoint write, and a SLURM requeue of a 2-process DDP run; each resumed run must end
-with the weights of the uninterrupted run, and ``last.ckpt`` must hold the newest state."""
+middle of a checkpoint write, stopped by SIGTERM, SLURM's requeue signal or SIGKILL at each point of a
+step, and a SLURM requeue of a 2-process DDP run; each resumed run must end with the weights and the
+TensorBoard log of the uninterrupted run, and ``last.ckpt`` must hold the newest state."""
 
 from __future__ import annotations
 
@@ -20,8 +21,8 @@ from lightning import Callback
 from safetensors.torch import load_file
 
 from lightning_app.model.load import read_checkpoint
-from lightning_app.cli.preemption import AtomicCheckpointIO, LastIsNewest
-from tests.helpers import ROOT, scalars
+from lightning_app.cli.preemption import AtomicCheckpointIO, LastIsNewest, StepBoundaryRequeue
+from tests.helpers import ROOT, assert_same_log, scalars
 
 pytestmark = pytest.mark.slow  # every test runs `python -m lightning_app` processes
 
@@ -93,6 +94,54 @@ def mark(step: int, marker: Path, hold_for_sigterm: bool = False, hold_for_kill:
     return ('--trainer.callbacks+={"class_path": "tests.test_kill.MarkStep", '
             f'"init_args": {{"step": {step}, "marker": "{marker}", "hold_for_sigterm": {str(hold_for_sigterm).lower()}, '
             f'"hold_for_kill": {str(hold_for_kill).lower()}}}}}')
+
+
+class HoldAt(Callback):
+    """Holds the run at ``point`` of training step ``step`` (1-based): ``mid_step`` (the step's batch
+    handed out, before its forward pass), ``step_end`` (its last hooks, before its checkpoint and the
+    logging of its losses), ``before_validation`` (the step trained and logged, its validation not
+    begun) or ``in_validation`` (after the validation's first batch). It writes ``marker`` there and
+    waits (up to a minute) until the run has received ``wait_for`` (``SIGTERM`` or ``SIGUSR1``, both
+    held until a step's end) or, for ``SIGKILL``, until the test kills it."""
+
+    HOOKS = {"mid_step": "on_train_batch_start", "step_end": "on_train_batch_end",
+             "before_validation": "on_validation_start", "in_validation": "on_validation_batch_end"}
+
+    def __init__(self, point: str, step: int, marker: str, wait_for: str) -> None:
+        self.hook, self.step, self.marker, self.wait_for = self.HOOKS[point], step, Path(marker), wait_for
+
+    def _hold(self, trainer, hook: str) -> None:
+        step = trainer.global_step + (hook == "on_train_batch_start")
+        if hook != self.hook or step != self.step or trainer.sanity_checking or self.marker.exists():
+            return
+        self.marker.write_text(str(step))
+        holder = LastIsNewest if self.wait_for == "SIGTERM" else StepBoundaryRequeue
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.wait_for != "SIGKILL" and any(isinstance(c, holder) and c.received for c in trainer.callbacks):
+                return
+            time.sleep(0.01)
+        raise RuntimeError(f"HoldAt: no {self.wait_for} within 60 s at {hook} of step {step}")
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._hold(trainer, "on_train_batch_start")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._hold(trainer, "on_train_batch_end")
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._hold(trainer, "on_validation_start")
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._hold(trainer, "on_validation_batch_end")
+
+
+def hold_at(point: str, step: int, marker: Path, wait_for: str) -> str:
+    if point == "checkpoint_write":
+        return ('--trainer.plugins={"class_path": "tests.test_kill.StallingCheckpointIO", '
+                f'"init_args": {{"stall_at_step": {step}, "marker": "{marker}"}}}}')
+    return ('--trainer.callbacks+={"class_path": "tests.test_kill.HoldAt", "init_args": '
+            f'{{"point": "{point}", "step": {step}, "marker": "{marker}", "wait_for": "{wait_for}"}}}}')
 
 
 def fit_command(run_dir: Path, model: str, *extra: str, config: str = "crop.yaml") -> list[str]:
@@ -183,6 +232,7 @@ def test_a_run_sigkilled_at_a_random_moment_resumes_to_the_uninterrupted_weights
     assert difference <= 1e-6
     assert_last_is_final(checkpoints)
     assert [step for step, _ in scalars(tmp_path / "crop" / "version_0", "train/loss")] == list(range(STEPS))
+    assert_same_log(tmp_path / "crop" / "version_0", uninterrupted / "crop" / "version_0")
 
 
 @pytest.mark.timeout(900)
@@ -205,6 +255,7 @@ def test_a_sigkill_during_a_checkpoint_write_keeps_the_previous_checkpoint(unint
     print(f"max weight difference after a SIGKILL mid-write and resume: {difference:.3g}")
     assert difference <= 1e-6
     assert_last_is_final(checkpoints)
+    assert_same_log(tmp_path / "crop" / "version_0", uninterrupted / "crop" / "version_0")
 
 
 @pytest.mark.timeout(600)
@@ -222,6 +273,74 @@ def test_sigterm_checkpoints_the_step_it_arrived_in_and_the_resume_is_exact(unin
     run([*command, f"--ckpt_path={checkpoints / 'last.ckpt'}"])
     assert largest_difference(exported(uninterrupted), exported(tmp_path)) <= 1e-6
     assert_last_is_final(checkpoints)
+    assert_same_log(tmp_path / "crop" / "version_0", uninterrupted / "crop" / "version_0")
+
+
+def slurm_job(bin_dir: Path) -> dict:
+    """A 1-task SLURM job whose ``scontrol`` (a fake one in ``bin_dir``) records its calls."""
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {bin_dir / "scontrol.calls"}\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    return {**ENV, "SLURM_JOB_ID": "4343", "SLURM_JOB_NAME": "embed-finetune", "SLURM_NTASKS": "1",
+            "SLURM_NTASKS_PER_NODE": "1", "SLURM_JOB_NUM_NODES": "1", "SLURM_NNODES": "1", "SLURM_NODEID": "0",
+            "SLURM_NODELIST": "localhost", "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
+            "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+
+
+POINTS = ("mid_step", "step_end", "before_validation", "in_validation")
+STOPS = [(how, point) for how in ("SIGTERM", "SIGUSR1", "SIGKILL") for point in POINTS] + \
+    [("SIGKILL", "checkpoint_write")]
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("how, point", STOPS)
+def test_a_run_stopped_at_any_point_of_a_step_resumes_to_the_uninterrupted_log_and_weights(
+        how, point, uninterrupted, tmp_path, tiny_model):
+    """Stopped in a validation step (10 or 20; a SIGKILL in step 20, after the step-10 checkpoint) and
+    resumed: SIGTERM and SIGKILL from ``last.ckpt``, SIGUSR1 (SLURM's requeue) as the requeued job."""
+    seed = int(os.environ.get("STOP_STEP_SEED", random.randrange(2**32)))
+    step = 20 if how == "SIGKILL" else random.Random(seed).choice([10, 20])
+    print(f"{how} at {point} of step {step} (STOP_STEP_SEED={seed} repeats it)")
+    requeue = how == "SIGUSR1"
+    env = slurm_job(tmp_path / "bin") if requeue else ENV
+    command = fit_command(tmp_path, tiny_model, *(["--config", str(ROOT / "configs/slurm.yaml")] if requeue else []))
+    marker = tmp_path / "reached"
+    process = start([*command, hold_at(point, step, marker, how)], env=env)
+    wait_for(marker, process)
+    if how == "SIGKILL":
+        kill_group(process)
+    else:
+        process.send_signal(getattr(signal, how))
+        process.wait(timeout=300)
+    checkpoints = tmp_path / "crop" / "version_0" / "checkpoints"
+    stopped_at = read_checkpoint(checkpoints / "last.ckpt")["global_step"]
+    print(f"stopped; last.ckpt at step {stopped_at}")
+    if requeue:
+        assert process.returncode == 0
+        assert (tmp_path / "bin" / "scontrol.calls").read_text().split() == ["requeue", "4343"]
+        run(command, env=env)  # the requeued job: the same command, resumed from hpc_ckpt_1.ckpt
+    else:
+        run([*command, f"--ckpt_path={checkpoints / 'last.ckpt'}"])
+    assert_same_log(tmp_path / "crop" / "version_0", uninterrupted / "crop" / "version_0")
+    assert largest_difference(exported(uninterrupted), exported(tmp_path)) <= 1e-6
+    assert_last_is_final(checkpoints)
+
+
+@pytest.mark.timeout(900)
+def test_a_run_killed_in_its_last_validation_resumes_to_the_uninterrupted_log(tmp_path, tiny_model):
+    """The last step (20) is a validation step: no training step follows the resume to run that
+    validation, so the resumed run runs it before it ends."""
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    run(fit_command(whole, tiny_model, "--trainer.max_steps=20"))
+    command = fit_command(killed, tiny_model, "--trainer.max_steps=20")
+    process = start([*command, hold_at("in_validation", 20, tmp_path / "reached", "SIGKILL")])
+    wait_for(tmp_path / "reached", process)
+    kill_group(process)
+    checkpoints = killed / "crop" / "version_0" / "checkpoints"
+    assert read_checkpoint(checkpoints / "last.ckpt")["global_step"] == 20  # written before the validation
+    run([*command, f"--ckpt_path={checkpoints / 'last.ckpt'}"])
+    assert_same_log(killed / "crop" / "version_0", whole / "crop" / "version_0")
+    assert largest_difference(exported(whole), exported(killed)) <= 1e-6
 
 
 def free_port() -> int:
@@ -287,3 +406,4 @@ def test_a_slurm_requeue_of_a_2_process_ddp_run_ends_with_the_uninterrupted_weig
     assert difference <= 1e-6
     assert read_checkpoint(log_dir / "checkpoints" / "last.ckpt")["global_step"] == 16
     assert [step for step, _ in scalars(log_dir, "train/loss")] == list(range(16))
+    assert_same_log(log_dir, tmp_path / "whole" / "crop" / "slurm-4343")

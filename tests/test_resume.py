@@ -1,5 +1,5 @@
 """Exact resume: a run killed and resumed from its last checkpoint ends where an uninterrupted
-run ends; checkpoints are written atomically and an unreadable one is refused up front."""
+run ends, weights and log; checkpoints are written atomically and an unreadable one is refused up front."""
 
 import json
 import os
@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from lightning_app.cli import main
 from lightning_app.model.load import read_checkpoint
 from lightning_app.cli.preemption import AtomicCheckpointIO
-from tests.helpers import ROOT, scalars
+from tests.helpers import ROOT, assert_same_log, scalars
 
 STEPS = 12
 
@@ -67,6 +67,7 @@ def test_killed_and_resumed_run_ends_with_the_uninterrupted_weights(config, work
     series = scalars(tmp_path / "resumed" / name / "version_0", "train/loss")
     assert [step for step, _ in series] == list(range(STEPS))
     assert [loss for _, loss in series] == pytest.approx([loss for _, loss in uninterrupted], abs=1e-5)
+    assert_same_log(tmp_path / "resumed" / name / "version_0", tmp_path / "whole" / name / "version_0")
 
 
 def test_a_truncated_checkpoint_is_refused_with_one_line_and_left_untouched(tmp_path, tiny_model, capsys):
@@ -111,3 +112,36 @@ def test_a_run_resumed_after_its_last_periodic_checkpoint_links_last_to_its_fina
     fit("crop.yaml", tmp_path, tiny_model, "--data.num_workers=0", f"--ckpt_path={checkpoints / 'last.ckpt'}")
     assert os.readlink(checkpoints / "last.ckpt") == f"step{STEPS:06d}.ckpt"
     assert read_checkpoint(checkpoints / "last.ckpt")["global_step"] == STEPS
+
+
+def test_the_log_is_cut_back_to_a_checkpoints_resume_point(tmp_path):
+    """What was logged after the journalled point (in the same file and in a file begun later) is
+    removed; the resumed run's own file is kept; the journal's later points go, a last line cut short
+    by a kill too."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from lightning_app.cli.continuation import JOURNAL, cut_back, journal_point
+
+    first = SummaryWriter(tmp_path)
+    for step in range(3):
+        first.add_scalar("loss", float(step), step)
+    first.flush()
+    journal_point(tmp_path, ["mark-a"])
+    first.add_scalar("loss", 30.0, 3)  # after the checkpoint: done again by the resumed run
+    first.close()
+    later = SummaryWriter(tmp_path, filename_suffix=".later")
+    later.add_scalar("loss", 40.0, 4)
+    later.close()
+    journal_point(tmp_path, ["mark-b"])
+    with open(tmp_path / JOURNAL, "a") as journal:
+        journal.write('{"marks": ["mark-c"], "fi')  # a line cut short by a kill
+    resumed = SummaryWriter(tmp_path, filename_suffix=".resumed")
+    own = Path(resumed.file_writer.event_writer._file_name).name
+
+    cut_back(tmp_path, "mark-a", own)
+    resumed.add_scalar("loss", 3.0, 3)
+    resumed.close()
+    assert sorted(scalars(tmp_path, "loss")) == [(0, 0.0), (1, 1.0), (2, 2.0), (3, 3.0)]
+    assert [json.loads(line)["marks"] for line in (tmp_path / JOURNAL).read_text().splitlines()] == [["mark-a"]]
+    cut_back(tmp_path, "mark-unknown", own)  # a point never reached: the files stay whole
+    assert sorted(scalars(tmp_path, "loss")) == [(0, 0.0), (1, 1.0), (2, 2.0), (3, 3.0)]

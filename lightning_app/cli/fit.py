@@ -22,7 +22,8 @@ from lightning_app.model.export import ExportEncoder
 from lightning_app.model.load import read_checkpoint
 from lightning_app.model.module import ContrastiveModule
 from lightning_app.model.throughput import PairThroughput
-from lightning_app.cli.preemption import AtomicCheckpointIO, ContinueLogs, LastIsNewest, StepBoundaryRequeue
+from lightning_app.cli.continuation import ContinueLogs, ValidateTheCheckpointStep
+from lightning_app.cli.preemption import AtomicCheckpointIO, LastIsNewest, StepBoundaryRequeue
 from lightning_app.probes.callbacks import LayerProbe
 from lightning_app.probes.drift import LayerDrift
 
@@ -40,7 +41,7 @@ class ContrastiveCLI(LightningCLI):
     """LightningCLI whose data module always tokenizes like the model it feeds, whose callbacks
     are config sections (``SECTIONS``; ``trainer.callbacks`` adds others), whose trainer
     survives preemption (atomic checkpoints, requeue at a step boundary, continuous logs; see
-    ``lightning_app.cli.preemption``) and hands freed memory back between steps (``lightning_app.cli.memory``)."""
+    ``lightning_app.cli.preemption`` and ``lightning_app.cli.continuation``) and hands freed memory back between steps (``lightning_app.cli.memory``)."""
 
     def init_parser(self, **kwargs):
         """Parse errors raise (``main`` prints them as one line) instead of printing the usage."""
@@ -56,7 +57,10 @@ class ContrastiveCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
-        trainer.callbacks.extend([StepBoundaryRequeue(), ContinueLogs(), LastIsNewest(), ReleaseFreedMemory()])
+        # First: ContinueLogs journals before any other callback logs, and a pending validation of the
+        # last step runs before the other callbacks' end of fit.
+        trainer.callbacks[:0] = [ContinueLogs(), ValidateTheCheckpointStep()]
+        trainer.callbacks.extend([StepBoundaryRequeue(), LastIsNewest(), ReleaseFreedMemory()])
         return trainer
 
     def instantiate_classes(self) -> None:

@@ -1,8 +1,9 @@
-"""Surviving preemption: atomic checkpoints, SLURM requeue at a step boundary, continuous logs.
+"""Surviving preemption: atomic checkpoints, SLURM requeue and SIGTERM at a step boundary, ``last.ckpt``
+on the newest state.
 
-Together with the stateful data stream (``data/datamodule.py``) and the per-step seed
-(``model/module.py``), a run stopped at any point and resumed from its last checkpoint ends
-with the weights of the uninterrupted run.
+Together with the stateful data stream (``data/datamodule.py``), the per-step seed
+(``model/module.py``) and the continued log (``cli/continuation.py``), a run stopped at any point and
+resumed from its last checkpoint ends with the weights and the log of the uninterrupted run.
 """
 
 from __future__ import annotations
@@ -16,9 +17,7 @@ import torch
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.fabric.plugins.environments import SLURMEnvironment
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from lightning.pytorch.utilities import rank_zero_only
 
 from lightning_app.model.teardown import destroy_process_group_at_exit
 
@@ -85,7 +84,9 @@ class StepBoundaryRequeue(HeldSignal):
 
     Lightning's own handler saves the moment the signal lands, possibly mid-step, when the data
     stream has already handed out the step's batch: resuming from there would skip it. All
-    ranks agree on the step (one boolean all-reduce per step), so they save together.
+    ranks agree on the step (one boolean all-reduce per step), so they save together. The run then
+    ends as at ``max_steps`` (``trainer.should_stop`` would first validate once more, out of turn,
+    within the grace time before the job's end).
     """
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -100,27 +101,10 @@ class StepBoundaryRequeue(HeldSignal):
             return
         self.lightning_handler(self.signum, None)
         self.received = False
-        trainer.should_stop = True
+        trainer.fit_loop.epoch_loop.max_steps = trainer.global_step
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.release()
-
-
-class ContinueLogs(Callback):
-    """On resume, marks a restart at the checkpoint's step in TensorBoard's log, so the steps
-    the interrupted run logged after its last checkpoint are dropped and the resumed run's
-    series has no duplicate step (TensorBoard purges events at and after a session start)."""
-
-    @rank_zero_only
-    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.ckpt_path is None:
-            return
-        from tensorboard.compat.proto.event_pb2 import Event, SessionLog
-
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                restart = Event(step=trainer.global_step, session_log=SessionLog(status=SessionLog.START))
-                logger.experiment.file_writer.add_event(restart)
 
 
 class LastIsNewest(HeldSignal):

@@ -155,8 +155,20 @@ class LayerProbe(Callback):
         self.heldout.setup(trainer.datamodule)
         self.data_source = getattr(getattr(trainer.datamodule, "hparams", None), "source", None)
 
+    def state_dict(self) -> dict:
+        """What a resumed fit needs of the probes before it (for its figures and summary): step 0's
+        results and the history."""
+        return {"baseline": self.baseline, "start_correct": self.start_correct, "start_layer": self.start_layer,
+                "history": self.history, "last_step": self.last_step, "indomain": self.heldout.series}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state = dict(state_dict)
+        self.heldout.series = state.pop("indomain", {})
+        for name, value in state.items():
+            setattr(self, name, value)
+
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.at_start:
+        if self.at_start and trainer.ckpt_path is None:  # a resumed fit: the stopped run probed the start
             board.log_at_step(trainer, self._probe(trainer, pl_module, baseline=True))
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -168,7 +180,8 @@ class LayerProbe(Callback):
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Probe the final weights if not done yet, for the projector, t-SNE maps and summary (``summary.finish``)."""
-        if (self.projector or self.tsne or self.summary) and self.last_step not in (None, trainer.global_step):
+        if (self.projector or self.tsne or self.summary) and self.last_step is not None \
+                and (self.last_step != trainer.global_step or not self.last_layer):  # (a resumed fit's)
             self._probe(trainer, pl_module, baseline=False)  # every rank: the embedding is gathered
         summary.finish(trainer, self)
 

@@ -37,9 +37,10 @@ class LayerDrift(Callback):
         self.restored = True
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if not self.restored:  # a fit from scratch: this is theta_0
-            self.initial = [[p.detach().clone() for p in group] for group in pl_module.encoder.layer_parameters()]
-        self.restored = False
+        if self.restored:  # a resumed fit: the stopped run logged the checkpoint's step
+            self.restored, self.logged_step = False, trainer.global_step
+            return
+        self.initial = [[p.detach().clone() for p in group] for group in pl_module.encoder.layer_parameters()]
         if trainer.global_step % (self.every_n_steps or trainer.log_every_n_steps) == 0:
             self._log(trainer, pl_module)
 

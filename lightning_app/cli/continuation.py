@@ -1,0 +1,188 @@
+"""A resumed run continues the stopped one exactly: its TensorBoard log is cut back to the point at
+which its checkpoint was taken, and the work of that step still to do (its validation) is done again.
+
+Checkpoints are written at the end of a training step, before the step's losses are logged and before
+its validation, or at the end of a validation. What the stopped run did after its checkpoint is done
+again by the resumed run, so it is removed from the log: ``ContinueLogs`` journals, for every
+checkpoint, the size of each event file at the point where the resumed run takes over, and the resumed
+run truncates the files to it (removing files begun later). ``ValidateTheCheckpointStep`` has the
+resumed run validate the checkpoint's step when the checkpoint was taken before that validation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+
+from lightning import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loops.evaluation_loop import RestartStage as EvaluationStage
+from lightning.pytorch.loops.training_epoch_loop import RestartStage as TrainingStage
+
+JOURNAL = "resume_points.jsonl"  # in the TensorBoard folder, beside the event files
+EVENT_FILES = "events.out.tfevents.*"
+
+
+def event_file_sizes(folder: Path) -> dict[str, int]:
+    return {path.name: path.stat().st_size for path in sorted(folder.glob(EVENT_FILES))}
+
+
+def journal_point(folder: Path, marks: list[str]) -> None:
+    """Append the event files' sizes now as the resume point of the checkpoints ``marks``."""
+    with open(folder / JOURNAL, "a") as journal:
+        journal.write(json.dumps({"marks": marks, "files": event_file_sizes(folder)}) + "\n")
+        journal.flush()
+        os.fsync(journal.fileno())
+
+
+def journal_points(folder: Path) -> list[dict]:
+    """The journal's points, oldest first (a last line cut short by a kill left out)."""
+    points = []
+    for line in (folder / JOURNAL).read_text().splitlines() if (folder / JOURNAL).exists() else []:
+        try:
+            points.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return points
+
+
+def cut_back(folder: Path, mark: str, keep: str) -> None:
+    """Cut the event files back to the resume point of checkpoint ``mark`` (file ``keep``, the resumed
+    run's own, aside) and drop the later journal points. Without such a point (the stopped run never
+    reached it, so it logged nothing that is done again) the files stay whole."""
+    points = journal_points(folder)
+    found = next((i for i, point in enumerate(points) if mark in point["marks"]), None)
+    if found is None:
+        return
+    sizes = points[found]["files"]
+    for event_file in folder.glob(EVENT_FILES):
+        if event_file.name == keep:
+            continue
+        if event_file.name not in sizes:
+            event_file.unlink()  # begun after the checkpoint
+        elif event_file.stat().st_size > sizes[event_file.name]:
+            os.truncate(event_file, sizes[event_file.name])
+    (folder / JOURNAL).write_text("".join(json.dumps(point) + "\n" for point in points[:found + 1]))
+
+
+def tensorboards(trainer: Trainer) -> list[TensorBoardLogger]:
+    return [logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
+
+
+class ContinueLogs(Callback):
+    """Keeps the TensorBoard log of a stopped and resumed run identical to that of the run never
+    stopped: every point once, none missing, whatever the moment of the stop.
+
+    Each checkpoint carries a mark. At the point where a run resumed from it takes over (the next
+    validation or training step after the save, or the end of training), rank 0 flushes its event
+    files and journals their sizes for the marks saved since. A resumed run cuts the event files back
+    to its checkpoint's point before it logs anything. It must come first among the callbacks (the learning-rate monitor logs at
+    the start of a step). A checkpoint without a mark (an older one) falls back to a restart marker at
+    its step in the log (TensorBoard hides the points at and after it)."""
+
+    def __init__(self) -> None:
+        self.pending: list[str] = []  # marks saved since the last resume point
+        self.resumed_from: str | None = None  # the mark of the checkpoint this fit resumed from
+        self.cut_done = False
+
+    def state_dict(self) -> dict:
+        mark = uuid.uuid4().hex
+        self.pending.append(mark)
+        return {"mark": mark}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.resumed_from = state_dict.get("mark")
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.ckpt_path is None:
+            return
+        for logger in tensorboards(trainer):
+            logger._default_hp_metric = False  # the stopped run logged it at step 0
+        self._cut(trainer)  # here: a run resumed at its last step trains nothing (no on_train_start)
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.ckpt_path is None or not trainer.is_global_zero:
+            return
+        if self.resumed_from is None:  # an older checkpoint, without a mark
+            for logger in tensorboards(trainer):
+                self._restart_marker(logger, trainer.global_step)
+        self._cut(trainer)  # (strategies that restore callbacks after on_fit_start)
+
+    def _cut(self, trainer: Trainer) -> None:
+        if self.resumed_from is None or self.cut_done or not trainer.is_global_zero:
+            return
+        for logger in tensorboards(trainer):
+            own = Path(logger.experiment.file_writer.event_writer._file_name).name
+            cut_back(Path(logger.log_dir), self.resumed_from, own)
+        self.cut_done = True
+
+    @staticmethod
+    def _restart_marker(logger: TensorBoardLogger, step: int) -> None:
+        from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+
+        logger.experiment.file_writer.add_event(Event(step=step, session_log=SessionLog(status=SessionLog.START)))
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch, batch_idx: int) -> None:
+        self._journal(trainer)
+
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._journal(trainer)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._journal(trainer)
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._journal(trainer)  # the checkpoints of the end of training: before the summary is logged
+
+    def _journal(self, trainer: Trainer) -> None:
+        if not self.pending:
+            return
+        if trainer.is_global_zero:
+            for logger in tensorboards(trainer):
+                logger.experiment.flush()
+                journal_point(Path(logger.log_dir), self.pending)
+        self.pending = []
+
+
+class ValidateTheCheckpointStep(Callback):
+    """A run resumed from a checkpoint taken at the end of a training step whose validation had not run
+    (a periodic checkpoint, a SIGTERM or SLURM requeue at a validation step) validates that step before
+    training on, as the uninterrupted run did; Lightning alone would skip that validation.
+
+    It puts the loops in the state Lightning restores from a checkpoint taken at the start of that
+    validation: the step completed, the validation to run from its first batch. When that step was
+    the last one (``max_steps``), Lightning trains nothing and the validation runs as the fit ends,
+    before the other callbacks' end of fit (it comes right after ``ContinueLogs``)."""
+
+    def __init__(self) -> None:
+        self.trained = False
+
+    @staticmethod
+    def _pending(trainer: Trainer) -> bool:
+        epoch_loop, progress = trainer.fit_loop.epoch_loop, trainer.fit_loop.epoch_loop.batch_progress.total
+        return (trainer.ckpt_path is not None and progress.completed == progress.processed - 1
+                and not epoch_loop._should_accumulate()
+                and epoch_loop._should_check_val_fx(trainer.fit_loop._data_fetcher))
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.trained = True
+        epoch_loop = trainer.fit_loop.epoch_loop
+        if not epoch_loop.restarted_on_train_batch_end or not self._pending(trainer):
+            return
+        epoch_loop.batch_progress.increment_completed()
+        epoch_loop.batch_progress.is_last_batch = False  # of this run's length (the stopped run's may be shorter)
+        epoch_loop._restart_stage = TrainingStage.RESTARTED_ON_LAST
+        epoch_loop.val_loop.batch_progress.reset_on_run()
+        epoch_loop.val_loop._restart_stage = EvaluationStage.RESTARTED_MID_EVALUATION
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.trained or not self._pending(trainer):
+            return
+        stage = trainer.state.stage
+        trainer.fit_loop.epoch_loop.val_loop.batch_progress.reset_on_run()
+        trainer.validating = True
+        trainer.fit_loop.epoch_loop.val_loop.run()
+        trainer.state.stage = stage
