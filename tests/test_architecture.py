@@ -1,5 +1,6 @@
 """The house's shape: the layer contract in pyproject.toml holds, no module imports itself round a
-circle (imports inside functions count), and no function or class outgrows a screen or two."""
+circle (imports inside functions count), no function or class outgrows a screen or two, and no two
+test modules share a name."""
 
 from __future__ import annotations
 
@@ -69,3 +70,10 @@ def test_no_function_or_class_outgrows_its_limit():
             if limit and body_lines(node) > limit:
                 too_long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({body_lines(node)} lines)")
     assert not too_long, too_long
+
+
+def test_every_test_module_has_a_name_of_its_own():
+    """pytest imports test modules by base name (no __init__.py in tests/): two files of one name in
+    different folders stop the whole suite at collection."""
+    names = [path.name for path in (ROOT / "tests").rglob("test_*.py")]
+    assert sorted({name for name in names if names.count(name) > 1}) == []
