@@ -49,7 +49,8 @@ class MtebCallback(Callback):
         self.blocks = {task.metadata.name: task_block(task) for task in self.tasks}
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._evaluate(trainer, pl_module)
+        if trainer.ckpt_path is None:  # a resumed fit: the stopped run evaluated its start
+            self._evaluate(trainer, pl_module)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args) -> None:
         if trainer.global_step % self.every_n_steps == 0 and trainer.global_step != self.last_step:

@@ -41,3 +41,15 @@ def test_unknown_task_fails_before_training(tmp_path, tiny_model, bbc_jsonl):
     data = ContrastiveDataModule(source=bbc_jsonl, text_field="body", tokenizer=tiny_model, num_workers=0)
     with pytest.raises(ConfigError, match="NoSuchTask"):
         trainer.fit(ContrastiveModule(tiny_model), data)
+
+
+def test_a_resumed_fit_does_not_evaluate_its_start_again(monkeypatch):
+    """The stopped run evaluated the start; the resumed one evaluates only at its next ``every_n_steps``."""
+    from types import SimpleNamespace
+
+    callback, evaluated = MtebCallback(tasks="LeeDocumentSimilarity"), []
+    monkeypatch.setattr(callback, "_evaluate", lambda trainer, module: evaluated.append(trainer.ckpt_path))
+    callback.on_train_start(SimpleNamespace(ckpt_path="runs/crop/version_0/checkpoints/last.ckpt"), None)
+    assert evaluated == []
+    callback.on_train_start(SimpleNamespace(ckpt_path=None), None)
+    assert evaluated == [None]
