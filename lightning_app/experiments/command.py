@@ -227,8 +227,8 @@ def evaluate_on_mteb(planned: Plan, mteb: Mteb, seeds: list[int], untrained: boo
 
 def code_line(cells: list[Cell]) -> str:
     """Which code ran the finished cells (each cell's ``done.json``): the commits and how many cells each."""
-    codes = Counter(json.loads(cell.done_file.read_text()).get("code", "not recorded") for cell in cells if cell.done)
-    return ", ".join(f"`{code}` ({count} cells)" if code != "not recorded" else f"not recorded ({count} cells)"
+    codes = Counter(json.loads(cell.done_file.read_text()).get("code") for cell in cells if cell.done)
+    return ", ".join(f"{f'`{code}`' if code else 'not recorded'} ({count} cells)"
                      for code, count in codes.items()) or "no finished cell"
 
 
