@@ -107,18 +107,18 @@ def _check_options(settings: list[str], seeds: list[int], recipes: dict[str, str
         raise ConfigError(f"recipes: expected a config for each of {sorted(RECIPES)}, got {sorted(recipes)}")
 
 
-def epoch_steps(source: str, text_field: str, batch_size: int) -> int:
-    """Steps of one epoch over the training split (95% of the documents; 5% hold the validation loss)."""
+def epoch_steps(source: str, text_field: str, batch_size: int, val_fraction: float) -> int:
+    """Steps of one epoch over the training split (the documents less the ``val_fraction`` held out)."""
     documents = sum(1 for _ in open_corpus(source, text_field))
-    steps = max(1, math.ceil(documents * 0.95 / batch_size))
-    print(f"one epoch: {documents} documents, 95% for training -> {steps} steps of {batch_size} pairs")
+    steps = max(1, math.ceil(documents * (1 - val_fraction) / batch_size))
+    print(f"one epoch: {documents} documents, {1 - val_fraction:.0%} for training -> {steps} steps of {batch_size} pairs")
     return steps
 
 
-def _steps(budget: Budget, recipe: dict, source: str, text_field: str, batch_size: int) -> int:
+def _steps(budget: Budget, recipe: dict, source: str, text_field: str, batch_size: int, val_fraction: float) -> int:
     """``budget.steps``: a number, one epoch of the corpus, or (None) the recipe's ``trainer.max_steps``."""
     if budget.steps == "epoch":
-        steps = epoch_steps(source, text_field, batch_size)
+        steps = epoch_steps(source, text_field, batch_size, val_fraction)
     else:
         steps = recipe["trainer"]["max_steps"] if budget.steps is None else budget.steps
     if steps < 1:
@@ -151,7 +151,10 @@ def plan(*, source: str, text_field: str, label_field: str, name: str | None, mo
         check_length(option, value, config_position_limit(config), model)
     open_corpus(source, text_field, label_field)  # fails early, naming the field, when a column is missing
     batch_size = budget.batch_size or base["data"]["batch_size"]
-    steps = _steps(budget, base, source, text_field, batch_size)
+    val_fraction = base["data"]["val_fraction"] if budget.val_fraction is None else budget.val_fraction
+    if not 0 <= val_fraction < 1:
+        raise ConfigError(f"budget.val_fraction: expected 0 <= val_fraction < 1, got {val_fraction}")
+    steps = _steps(budget, base, source, text_field, batch_size, val_fraction)
     if "token_crops" in settings:
         check_token_crops(resolved(files["token_crops"], resolve), files["token_crops"], model, budget.max_length)
     runs_on = Hardware(accelerator=hardware.accelerator or base["trainer"]["accelerator"],
@@ -166,7 +169,7 @@ def plan(*, source: str, text_field: str, label_field: str, name: str | None, mo
     described = model if pretrained else (f"random-init {config.model_type} ({config.num_hidden_layers} layers x "
                                           f"{config.hidden_size})")
     filled = dataclasses.replace(budget, steps=steps, batch_size=batch_size, lr=budget.lr or base["model"]["lr"],
-                                 max_length=lengths["budget.max_length"])
+                                 max_length=lengths["budget.max_length"], val_fraction=val_fraction)
     probed = dataclasses.replace(probe, max_length=lengths["probe.max_length"])
     return Plan(folder, name, model, described, cells, filled, probed, runs_on)
 

@@ -55,6 +55,8 @@ class Budget:
         lr: peak learning rate (the recipe's warmup and decay).
         max_length: tokens per view.
         val_documents: documents held out for the validation loss (``data.val_documents``).
+        val_fraction: share of the corpus held out of training by content hash (``data.val_fraction``):
+            the validation loss's and the in-domain signals' documents.
         limit_val_batches: batches of the validation loss at each probe (``trainer.limit_val_batches``).
     """
 
@@ -63,6 +65,7 @@ class Budget:
     lr: float | None = None
     max_length: int | None = None
     val_documents: int | None = 64
+    val_fraction: float | None = None
     limit_val_batches: int | None = 2
 
 
@@ -76,6 +79,8 @@ class Probes:
         max_length: tokens per probe document; None: the recipe's.
         cv_folds: folds of the cross-validated kNN accuracy (0: only the 10% split).
         projector: also write TensorBoard projector embeddings at each probe (``probe.projector``).
+        indomain_documents: held-out documents of the corpus for the label-free in-domain signals
+            (``probe.indomain_documents``); None: the recipe's.
     """
 
     every: int | None = None
@@ -83,6 +88,7 @@ class Probes:
     max_length: int | None = None
     cv_folds: int = FOLDS
     projector: bool = False
+    indomain_documents: int | None = None
 
 
 @dataclass
@@ -180,11 +186,11 @@ def cell_config(setting: str, seed: int, folder: Path, *, recipes: dict[str, Pat
          probe__corpora=[{"name": corpus["name"], "source": corpus["source"], "text_field": corpus["text_field"],
                           "label_field": corpus["label_field"], "max_documents": probe.documents}],
          probe__max_length=probe.max_length, probe__cv_folds=probe.cv_folds, probe__projector=probe.projector,
-         probe__at_start=True, drift__every_n_steps=every,
+         probe__at_start=True, probe__indomain_documents=probe.indomain_documents, drift__every_n_steps=every,
          model__frozen_layers=0 if trained is None else num_layers - trained, model__lr=budget.lr,
          data__source=corpus["source"], data__text_field=corpus["text_field"], data__max_length=budget.max_length,
          data__batch_size=budget.batch_size, data__num_workers=hardware.num_workers,
-         data__val_documents=budget.val_documents)
+         data__val_documents=budget.val_documents, data__val_fraction=budget.val_fraction)
     config["mteb.tasks"] = None  # the grid evaluates the final models itself
     config.update({f"model.{key}": value for key, value in model.items()})
     return config

@@ -21,16 +21,18 @@ def plan_options(source, model, output, **changes) -> dict:
 
 def test_plan_lays_out_the_cells_and_fills_in_the_recipes_values(tmp_path, tiny_model, bbc_jsonl):
     output = tmp_path / "results"
-    budget = Budget(steps="epoch", batch_size=16, val_documents=32, limit_val_batches=3)
-    probe = Probes(every=5, documents=None, max_length=48, projector=True)
+    budget = Budget(steps="epoch", batch_size=16, val_documents=32, val_fraction=0.2, limit_val_batches=3)
+    probe = Probes(every=5, documents=None, max_length=48, projector=True, indomain_documents=40)
     planned = plan(**plan_options(bbc_jsonl, tiny_model, output, budget=budget, probe=probe, mteb=Mteb(max_length=64)))
     assert not output.exists()
     recipe = resolve_recipe(recipe_file(RECIPES["crops"]))
-    steps = math.ceil(300 * 0.95 / 16)  # one epoch of the 300 documents, 5% held out
+    steps = math.ceil(300 * 0.8 / 16)  # one epoch of the 300 documents, 20% held out
     assert (planned.name, planned.folder, planned.model, planned.described) == ("bbc", output, tiny_model, tiny_model)
     assert planned.budget == Budget(steps=steps, batch_size=16, lr=recipe["model"]["lr"],
-                                    max_length=recipe["data"]["max_length"], val_documents=32, limit_val_batches=3)
-    assert planned.probe == Probes(every=5, documents=None, max_length=48, cv_folds=10, projector=True)
+                                    max_length=recipe["data"]["max_length"], val_documents=32, val_fraction=0.2,
+                                    limit_val_batches=3)
+    assert planned.probe == Probes(every=5, documents=None, max_length=48, cv_folds=10, projector=True,
+                                   indomain_documents=40)
     assert planned.runs_on == Hardware(accelerator="cpu", devices=recipe["trainer"]["devices"],
                                        precision=recipe["trainer"]["precision"],
                                        num_workers=recipe["data"]["num_workers"])
@@ -42,7 +44,7 @@ def test_plan_lays_out_the_cells_and_fills_in_the_recipes_values(tmp_path, tiny_
     expected = {"config": str(recipe_file(RECIPES["crops"])), "seed_everything": 2, "trainer.max_steps": steps,
                 "trainer.val_check_interval": 5, "trainer.limit_val_batches": 3, "trainer.accelerator": "cpu",
                 "data.source": bbc_jsonl, "data.text_field": "body", "data.batch_size": 16, "data.val_documents": 32,
-                "probe.max_length": 48, "probe.cv_folds": 10, "probe.projector": True, "model.frozen_layers": 1,
+                "data.val_fraction": 0.2, "probe.indomain_documents": 40, "probe.max_length": 48, "probe.cv_folds": 10, "probe.projector": True, "model.frozen_layers": 1,
                 "model.model": tiny_model, "mteb.tasks": None}
     assert {key: cell.config[key] for key in expected} == expected
     assert cell.config["probe.corpora"] == [{"name": "bbc", "source": bbc_jsonl, "text_field": "body",
