@@ -13,6 +13,12 @@ each ``<view>/<signal>``'s change over the same steps. For every signal this pri
   the lowest threshold. With one corpus, leave-one-corpus-out is not possible: the rule is fitted and
   scored on that corpus itself (in-sample, an upper bound).
 
+A signal **supports a label-free verdict** (the criterion fixed before the study's grids ran) when its
+leave-one-corpus-out sign agreement is at least 90% over at least 20 counted cells from at least 2
+held-out corpora, the counted cells hold at least 3 gains and 3 losses, and the agreement beats the
+trivial rule that always says the majority sign. Its rule for users is then the one fitted on every
+corpus's counted cells (``rule_all``).
+
 The JSON last line holds every figure.
 
     python benchmarks/signal_agreement.py GRID_DIR [GRID_DIR ...]
@@ -34,6 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.common import emit  # noqa: E402
 
 CHANGE = "knn_cv_change"
+SUPPORT_AGREEMENT, SUPPORT_CELLS, SUPPORT_EACH_SIGN, SUPPORT_CORPORA = 0.9, 20, 3, 2
 
 
 def fail(message: str) -> None:
@@ -118,7 +125,28 @@ def loco(by_corpus: dict[str, list[dict]], column: str) -> dict:
         folds[held_out] = score(fit_rule(train), decided(cells, column), len(train))
     scored = [fold for fold in folds.values() if fold["agreement"] is not None]
     right, counted = sum(fold["right"] for fold in scored), sum(fold["n"] for fold in scored)
-    return {"folds": folds, "agreement": right / counted if counted else None, "n": counted}
+    return {"folds": folds, "agreement": right / counted if counted else None, "n": counted,
+            "corpora_scored": len(scored)}
+
+
+def support(found: dict, points: list[tuple[float, int]]) -> dict:
+    """Whether the signal supports a label-free verdict (the module's criterion) and why not."""
+    gains = sum(sign == 1 for _, sign in points)
+    losses = len(points) - gains
+    trivial = max(gains, losses) / len(points) if points else None
+    agreement = found["agreement"]
+    reasons = [reason for failed, reason in [
+        (found["n"] < SUPPORT_CELLS, f"{found['n']} counted cells (< {SUPPORT_CELLS})"),
+        (found["corpora_scored"] < SUPPORT_CORPORA, f"{found['corpora_scored']} held-out corpora scored "
+                                                    f"(< {SUPPORT_CORPORA})"),
+        (min(gains, losses) < SUPPORT_EACH_SIGN, f"{gains} gains and {losses} losses counted "
+                                                 f"(< {SUPPORT_EACH_SIGN} of each)"),
+        (agreement is None or agreement < SUPPORT_AGREEMENT,
+         f"agreement {_number(agreement, '.2f')} (< {SUPPORT_AGREEMENT})"),
+        (agreement is not None and trivial is not None and agreement <= trivial,
+         f"agreement {_number(agreement, '.2f')} does not beat always saying the majority sign ({_number(trivial, '.2f')})"),
+    ] if failed]
+    return {"supports": not reasons, "why_not": reasons, "gains": gains, "losses": losses, "trivial": trivial}
 
 
 def figures(by_corpus: dict[str, list[dict]], column: str) -> dict:
@@ -128,6 +156,9 @@ def figures(by_corpus: dict[str, list[dict]], column: str) -> dict:
            "pooled": spearman([cell for cells in by_corpus.values() for cell in cells], column)}
     if len(by_corpus) > 1:
         out["loco"] = loco(by_corpus, column)
+        everything = [point for cells in by_corpus.values() for point in decided(cells, column)]
+        out["support"] = support(out["loco"], everything)
+        out["rule_all"] = score(fit_rule(everything), everything, len(everything))
     else:
         points = decided(next(iter(by_corpus.values())), column)
         out["within"] = score(fit_rule(points), points, len(points))
@@ -156,6 +187,9 @@ def print_signal(column: str, found: dict) -> None:
             print(f"  leave {corpus} out: {_rule(fold)}")
         print(f"  leave-one-corpus-out sign agreement: {_number(found['loco']['agreement'], '.2f')} "
               f"of {found['loco']['n']} counted cells")
+        verdict = found["support"]
+        print("  supports a label-free verdict: " + ("yes, by the rule on every corpus: " + _rule(found["rule_all"])
+                                                      if verdict["supports"] else "no: " + "; ".join(verdict["why_not"])))
     else:
         print(f"  within the corpus (in-sample): {_rule(found['within'])}")
 

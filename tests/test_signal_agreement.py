@@ -74,6 +74,12 @@ def test_spearman_and_leave_one_corpus_out_match_the_hand_figures(tmp_path):
     empty = figures["signals"]["token_crops/uniformity"]  # never logged
     assert empty["pooled"] == {"rho": None, "n": 0} and empty["loco"]["agreement"] is None
     assert "  leave b out: 0.67 of 3 counted (gain when change > 0.05; fitted on 5)" in printed
+    # The criterion for a label-free verdict: 8 counted cells (4 gains, 4 losses) at 7/8 fall short twice.
+    assert first["support"] == {"supports": False, "gains": 4, "losses": 4, "trivial": pytest.approx(0.5),
+                                "why_not": ["8 counted cells (< 20)", "agreement 0.88 (< 0.9)"]}
+    rule = first["rule_all"]  # on all 8: "gain when S1 > 0.05" is right 7 times (0.15 in b is the miss)
+    assert (rule["threshold"], rule["direction"], rule["right"], rule["n"]) == (pytest.approx(0.05), 1, 7, 8)
+    assert "  supports a label-free verdict: no: 8 counted cells (< 20); agreement 0.88 (< 0.9)" in printed
 
 
 def test_one_corpus_gives_the_figures_within_it(tmp_path):
