@@ -5,6 +5,14 @@ A test module imports from here or from the package, never from another test mod
 
 from __future__ import annotations
 
+import atexit
+import multiprocessing
+import os
+import runpy
+import signal
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -97,3 +105,113 @@ class GradientsTo(L.Callback):
         if trainer.global_rank == 0:
             grads = {n: p.grad.clone() for n, p in pl_module.named_parameters() if p.grad is not None}
             torch.save(grads, self.path)
+
+
+# ``python -m lightning_app`` as a process, without its 8 s of imports: the processes are forked from
+# multiprocessing's fork server, started once per test session with the package imported (and no
+# torch work done, so no thread pool is copied into a child).
+PRELOAD = ["tests.helpers", "lightning_app.cli", "lightning_app.cli.fit", "transformers.models.bert.modeling_bert",
+           "torch.utils.tensorboard", "tensorboard.backend.event_processing.event_accumulator"]
+LAUNCH_ENV = {"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+
+
+def _as_lightning_main(args: list[str], env: dict[str, str], cwd: str, out: str, err: str, script: str | None) -> None:
+    """In the forked child: what ``python -m lightning_app ARGS`` (or ``python SCRIPT ARGS``) does, in
+    a session of its own (a kill of its group reaches its dataloader workers), with its own
+    environment, folder and output files; the exit handlers run as at the interpreter's exit, then
+    the process ends."""
+    os.setsid()
+    for fd, path in ((1, out), (2, err)):
+        file = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(file, fd)
+        os.close(file)
+    sys.stdout.reconfigure(line_buffering=True)
+    sys.stderr.reconfigure(line_buffering=True)
+    for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGCHLD):
+        signal.signal(signum, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    os.environ.clear()
+    os.environ.update(env)
+    os.chdir(cwd)
+    sys.argv = [script or str(ROOT / "lightning_app" / "__main__.py"), *args]
+    multiprocessing.current_process().name = "MainProcess"
+    multiprocessing.set_start_method(None, force=True)  # the interpreter's default (fork), as in a new one
+    try:
+        if script is None:
+            runpy.run_module("lightning_app", run_name="__main__", alter_sys=True)
+        else:
+            sys.path.insert(0, str(Path(script).parent))  # as for ``python SCRIPT``
+            runpy.run_path(script, run_name="__main__")
+    finally:
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+
+
+_LOGS: list[tempfile.TemporaryDirectory] = []
+
+
+def _logs() -> tempfile.TemporaryDirectory:
+    """The folder of the launched processes' output files, removed when the test session ends."""
+    if not _LOGS:
+        _LOGS.append(tempfile.TemporaryDirectory(prefix="launched-"))
+    return _LOGS[0]
+
+
+class Launched:
+    """``python -m lightning_app ARGS`` (``python SCRIPT ARGS`` with ``script``) started as a process
+    forked from the fork server, with ``subprocess.Popen``'s ``pid``, ``poll``, ``wait``,
+    ``send_signal`` and ``returncode``; its stdout and stderr go to files (``output()``). Exit codes are the interpreter's: 0, ``SystemExit``'s
+    code, 1 after an uncaught exception (its traceback on stderr), ``-signum`` when killed."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None, script: str | Path | None = None) -> None:
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(PRELOAD)
+        folder = tempfile.mkdtemp(dir=_logs().name)
+        self.out, self.err = Path(folder) / "stdout", Path(folder) / "stderr"
+        environment = {**os.environ, **LAUNCH_ENV} if env is None else env
+        self._process = context.Process(target=_as_lightning_main, daemon=False,
+                                        args=(list(args), dict(environment), os.getcwd(), str(self.out), str(self.err),
+                                              None if script is None else str(script)))
+        self._process.start()
+        self.pid = self._process.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._process.exitcode
+
+    def poll(self) -> int | None:
+        return self._process.exitcode
+
+    def wait(self, timeout: float | None = None) -> int:
+        self._process.join(timeout)
+        if self._process.exitcode is None:
+            raise subprocess.TimeoutExpired(["python", "-m", "lightning_app"], timeout)
+        return self._process.exitcode
+
+    def send_signal(self, signum: int) -> None:
+        os.kill(self.pid, signum)
+
+    def finish(self, timeout: float) -> int:
+        """``wait``; a process still running after ``timeout`` is killed with its group, and the wait fails."""
+        try:
+            return self.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.pid, signal.SIGKILL)
+            raise
+
+    def output(self) -> tuple[str, str]:
+        """(stdout, stderr) so far."""
+        return (self.out.read_text(errors="replace") if self.out.exists() else "",
+                self.err.read_text(errors="replace") if self.err.exists() else "")
+
+
+def run_lightning(args: list[str], env: dict[str, str] | None = None, timeout: float = 400,
+                  script: str | Path | None = None) -> tuple[str, str]:
+    """``python -m lightning_app ARGS`` (or ``python SCRIPT ARGS``) as a process (``Launched``) to its
+    end; it must exit 0. Its (stdout, stderr)."""
+    process = Launched(args, env, script)
+    code = process.finish(timeout)
+    out, err = process.output()
+    assert code == 0, f"exit {code}\n" + out[-2000:] + err[-3000:]
+    return out, err

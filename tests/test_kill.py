@@ -10,8 +10,6 @@ import os
 import random
 import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,9 +20,11 @@ from safetensors.torch import load_file
 
 from lightning_app.model.load import read_checkpoint
 from lightning_app.cli.preemption import AtomicCheckpointIO, LastIsNewest, StepBoundaryRequeue
-from tests.helpers import ROOT, assert_same_log, scalars
+from tests.helpers import LAUNCH_ENV, ROOT, Launched, assert_same_log, run_lightning, scalars
 
-pytestmark = pytest.mark.slow  # every test runs `python -m lightning_app` processes
+# Every test runs `python -m lightning_app` processes: forked from the fork server that has imported
+# the package (tests.helpers.Launched), each a process of its own that the test signals or kills.
+pytestmark = pytest.mark.slow
 
 STEPS = 24  # not a multiple of the checkpoints' every_n_train_steps (10)
 
@@ -145,28 +145,27 @@ def hold_at(point: str, step: int, marker: Path, wait_for: str) -> str:
 
 
 def fit_command(run_dir: Path, model: str, *extra: str, config: str = "crop.yaml") -> list[str]:
-    return [sys.executable, "-m", "lightning_app", "fit", "--config", str(ROOT / "configs" / config),
+    """The arguments of ``python -m lightning_app`` (``Launched`` runs them as a process)."""
+    return ["fit", "--config", str(ROOT / "configs" / config),
             f"--trainer.default_root_dir={run_dir}", f"--trainer.logger.init_args.save_dir={run_dir}",
             "--trainer.logger.init_args.version=0", f"--model.model={model}", "--model.lr=1e-3",
             f"--trainer.max_steps={STEPS}", "--trainer.limit_val_batches=2", "--trainer.enable_progress_bar=false",
             "--data.batch_size=8", "--data.max_length=48", "--data.shuffle_buffer=200", "--data.num_workers=2", *extra]
 
 
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+ENV = {**os.environ, **LAUNCH_ENV}
 
 
 def run(command: list[str], timeout: int = 400, env: dict | None = None) -> None:
-    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env or ENV)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    run_lightning(command, env=env or ENV, timeout=timeout)
 
 
-def start(command: list[str], env: dict | None = None) -> subprocess.Popen:
-    """A process in its own group, so a kill reaches its dataloader workers too."""
-    return subprocess.Popen(command, env=env or ENV, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def start(command: list[str], env: dict | None = None) -> Launched:
+    """A process in its own session, so a kill of its group reaches its dataloader workers too."""
+    return Launched(command, env=env or ENV)
 
 
-def wait_for(path: Path, process: subprocess.Popen, seconds: float = 300) -> None:
+def wait_for(path: Path, process: Launched, seconds: float = 300) -> None:
     deadline = time.monotonic() + seconds
     while not path.exists():
         assert process.poll() is None, f"the run ended (exit {process.returncode}) before {path.name} appeared"
@@ -174,7 +173,7 @@ def wait_for(path: Path, process: subprocess.Popen, seconds: float = 300) -> Non
         time.sleep(0.05)
 
 
-def kill_group(process: subprocess.Popen) -> None:
+def kill_group(process: Launched) -> None:
     assert process.poll() is None, "the run had already ended: nothing was killed"
     os.killpg(process.pid, signal.SIGKILL)
     process.wait(timeout=60)
@@ -349,7 +348,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def slurm_ranks(command: list[str], bin_dir: Path) -> list[subprocess.Popen]:
+def slurm_ranks(command: list[str], bin_dir: Path) -> list[Launched]:
     """Both tasks of a 2-task SLURM job step on one node, as ``srun`` would start them."""
     port = free_port()
     job = {"SLURM_JOB_ID": "4343", "SLURM_JOB_NAME": "embed-finetune", "SLURM_NTASKS": "2",
@@ -360,7 +359,7 @@ def slurm_ranks(command: list[str], bin_dir: Path) -> list[subprocess.Popen]:
             for rank in (0, 1)]
 
 
-def finish(ranks: list[subprocess.Popen], seconds: int = 600) -> None:
+def finish(ranks: list[Launched], seconds: int = 600) -> None:
     for process in ranks:
         process.wait(timeout=seconds)
     assert [process.returncode for process in ranks] == [0, 0]
