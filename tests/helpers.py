@@ -1,4 +1,5 @@
-"""Helpers shared by test modules (plain functions and one callback); fixtures are in conftest.py.
+"""Helpers shared by test modules (plain functions, two callbacks, and ``Launched``: ``python -m
+lightning_app`` as a process without its imports); fixtures are in conftest.py.
 
 A test module imports from here or from the package, never from another test module.
 """
@@ -13,12 +14,15 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import lightning as L
 import pytest
 import torch
+
+from lightning_app.cli.preemption import LastIsNewest, StepBoundaryRequeue
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -105,6 +109,52 @@ class GradientsTo(L.Callback):
         if trainer.global_rank == 0:
             grads = {n: p.grad.clone() for n, p in pl_module.named_parameters() if p.grad is not None}
             torch.save(grads, self.path)
+
+
+class HoldAt(L.Callback):
+    """Holds the run at ``point`` of training step ``step`` (1-based): ``mid_step`` (the step's batch
+    handed out, before its forward pass), ``step_end`` (its last hooks, before its checkpoint and the
+    logging of its losses), ``before_validation`` (the step trained and logged, its validation not
+    begun) or ``in_validation`` (after the validation's first batch). It writes ``marker`` there and
+    waits (up to a minute) until the run has received ``wait_for`` (``SIGTERM`` or ``SIGUSR1``, both
+    held until a step's end) or, for ``SIGKILL``, until the test kills it."""
+
+    HOOKS = {"mid_step": "on_train_batch_start", "step_end": "on_train_batch_end",
+             "before_validation": "on_validation_start", "in_validation": "on_validation_batch_end"}
+
+    def __init__(self, point: str, step: int, marker: str, wait_for: str) -> None:
+        self.hook, self.step, self.marker, self.wait_for = self.HOOKS[point], step, Path(marker), wait_for
+
+    def _hold(self, trainer, hook: str) -> None:
+        step = trainer.global_step + (hook == "on_train_batch_start")
+        if hook != self.hook or step != self.step or trainer.sanity_checking or self.marker.exists():
+            return
+        self.marker.write_text(str(step))
+        holder = LastIsNewest if self.wait_for == "SIGTERM" else StepBoundaryRequeue
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.wait_for != "SIGKILL" and any(isinstance(c, holder) and c.received for c in trainer.callbacks):
+                return
+            time.sleep(0.01)
+        raise RuntimeError(f"HoldAt: no {self.wait_for} within 60 s at {hook} of step {step}")
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._hold(trainer, "on_train_batch_start")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._hold(trainer, "on_train_batch_end")
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._hold(trainer, "on_validation_start")
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._hold(trainer, "on_validation_batch_end")
+
+
+def held_at(point: str, step: int, marker: Path, wait_for: str) -> str:
+    """The ``--trainer.callbacks+=`` option of a ``HoldAt``."""
+    return ('--trainer.callbacks+={"class_path": "tests.helpers.HoldAt", "init_args": '
+            f'{{"point": "{point}", "step": {step}, "marker": "{marker}", "wait_for": "{wait_for}"}}}}')
 
 
 # ``python -m lightning_app`` as a process, without its 8 s of imports: the processes are forked from

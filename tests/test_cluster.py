@@ -14,7 +14,7 @@ import pytest
 
 from lightning_app.cli import main
 from lightning_app.model.load import read_checkpoint
-from tests.helpers import ROOT, scalars
+from tests.helpers import LAUNCH_ENV, ROOT, Launched, held_at, run_lightning, scalars
 
 SLURM_JOB = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "embed-finetune", "SLURM_NTASKS": "1",
              "SLURM_NTASKS_PER_NODE": "1", "SLURM_JOB_NUM_NODES": "1", "SLURM_NNODES": "1", "SLURM_NODEID": "0",
@@ -36,28 +36,30 @@ def test_sigusr1_under_slurm_saves_requeues_and_the_requeued_job_resumes(tmp_pat
     calls = tmp_path / "scontrol.calls"
     (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
     (bin_dir / "scontrol").chmod(0o755)
-    env = {**os.environ, **SLURM_JOB, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, **LAUNCH_ENV, **SLURM_JOB, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
     run_dir = tmp_path / "runs"
+    # `lightning fit` as a process of its own (forked from the fork server: tests.helpers.Launched)
     command = tiny_fit(run_dir, tiny_model, "--config", str(ROOT / "configs/slurm.yaml"), "--trainer.max_steps=20",
-                       "--trainer.logger.init_args.version=slurm-4242")
+                       "--trainer.logger.init_args.version=slurm-4242")[1:]
     log_dir = run_dir / "crop" / "slurm-4242"
 
-    first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # The first run holds the end of its step 12 (after the step-10 checkpoint) until it has received
+    # SIGUSR1, so the signal lands there however fast the steps run.
+    held = tmp_path / "step-12-held"
+    first = Launched([*command, held_at("step_end", 12, held, "SIGUSR1")], env=env)
     deadline = time.monotonic() + 240
-    while not (log_dir / "checkpoints" / "step000010.ckpt").exists():
-        assert first.poll() is None and time.monotonic() < deadline, "the first run never reached step 10"
-        time.sleep(0.1)
+    while not held.exists():
+        assert first.poll() is None and time.monotonic() < deadline, "the first run never reached step 12"
+        time.sleep(0.05)
     first.send_signal(signal.SIGUSR1)
-    output = first.communicate(timeout=240)[0]
-    assert first.returncode == 0, output[-3000:]
+    assert first.finish(timeout=240) == 0, "".join(first.output())[-3000:]
 
     saved = read_checkpoint(run_dir / "hpc_ckpt_1.ckpt")["global_step"]
     assert 10 <= saved < 20
     assert calls.read_text().split() == ["requeue", "4242"]
 
-    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert f"Restoring states from the checkpoint path at {run_dir / 'hpc_ckpt_1.ckpt'}" in second.stderr + second.stdout
+    out, err = run_lightning(command, env=env, timeout=240)
+    assert f"Restoring states from the checkpoint path at {run_dir / 'hpc_ckpt_1.ckpt'}" in err + out
     assert read_checkpoint(log_dir / "checkpoints" / "last.ckpt")["global_step"] == 20
     assert [step for step, _ in scalars(log_dir, "train/loss")] == list(range(20))
 

@@ -19,8 +19,8 @@ from lightning import Callback
 from safetensors.torch import load_file
 
 from lightning_app.model.load import read_checkpoint
-from lightning_app.cli.preemption import AtomicCheckpointIO, LastIsNewest, StepBoundaryRequeue
-from tests.helpers import LAUNCH_ENV, ROOT, Launched, assert_same_log, run_lightning, scalars
+from lightning_app.cli.preemption import AtomicCheckpointIO, LastIsNewest
+from tests.helpers import LAUNCH_ENV, ROOT, Launched, assert_same_log, held_at, run_lightning, scalars
 
 # Every test runs `python -m lightning_app` processes: forked from the fork server that has imported
 # the package (tests.helpers.Launched), each a process of its own that the test signals or kills.
@@ -96,52 +96,11 @@ def mark(step: int, marker: Path, hold_for_sigterm: bool = False, hold_for_kill:
             f'"hold_for_kill": {str(hold_for_kill).lower()}}}}}')
 
 
-class HoldAt(Callback):
-    """Holds the run at ``point`` of training step ``step`` (1-based): ``mid_step`` (the step's batch
-    handed out, before its forward pass), ``step_end`` (its last hooks, before its checkpoint and the
-    logging of its losses), ``before_validation`` (the step trained and logged, its validation not
-    begun) or ``in_validation`` (after the validation's first batch). It writes ``marker`` there and
-    waits (up to a minute) until the run has received ``wait_for`` (``SIGTERM`` or ``SIGUSR1``, both
-    held until a step's end) or, for ``SIGKILL``, until the test kills it."""
-
-    HOOKS = {"mid_step": "on_train_batch_start", "step_end": "on_train_batch_end",
-             "before_validation": "on_validation_start", "in_validation": "on_validation_batch_end"}
-
-    def __init__(self, point: str, step: int, marker: str, wait_for: str) -> None:
-        self.hook, self.step, self.marker, self.wait_for = self.HOOKS[point], step, Path(marker), wait_for
-
-    def _hold(self, trainer, hook: str) -> None:
-        step = trainer.global_step + (hook == "on_train_batch_start")
-        if hook != self.hook or step != self.step or trainer.sanity_checking or self.marker.exists():
-            return
-        self.marker.write_text(str(step))
-        holder = LastIsNewest if self.wait_for == "SIGTERM" else StepBoundaryRequeue
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.wait_for != "SIGKILL" and any(isinstance(c, holder) and c.received for c in trainer.callbacks):
-                return
-            time.sleep(0.01)
-        raise RuntimeError(f"HoldAt: no {self.wait_for} within 60 s at {hook} of step {step}")
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self._hold(trainer, "on_train_batch_start")
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self._hold(trainer, "on_train_batch_end")
-
-    def on_validation_start(self, trainer, pl_module) -> None:
-        self._hold(trainer, "on_validation_start")
-
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        self._hold(trainer, "on_validation_batch_end")
-
-
 def hold_at(point: str, step: int, marker: Path, wait_for: str) -> str:
     if point == "checkpoint_write":
         return ('--trainer.plugins={"class_path": "tests.test_kill.StallingCheckpointIO", '
                 f'"init_args": {{"stall_at_step": {step}, "marker": "{marker}"}}}}')
-    return ('--trainer.callbacks+={"class_path": "tests.test_kill.HoldAt", "init_args": '
-            f'{{"point": "{point}", "step": {step}, "marker": "{marker}", "wait_for": "{wait_for}"}}}}')
+    return held_at(point, step, marker, wait_for)
 
 
 def fit_command(run_dir: Path, model: str, *extra: str, config: str = "crop.yaml") -> list[str]:
