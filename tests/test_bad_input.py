@@ -4,9 +4,6 @@ step, and a run folder that was there before is left byte for byte as it was."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +11,7 @@ import torch
 
 from lightning_app.cli import main
 from lightning_app.model.load import read_checkpoint
-from tests.helpers import ROOT, save_tiny_model
+from tests.helpers import ROOT, Launched, save_tiny_model
 
 
 
@@ -192,15 +189,15 @@ def test_a_malformed_record_deep_in_a_large_corpus_stops_the_run_naming_file_and
     corpus.write_text("\n".join(lines) + "\n")
     assert corpus.stat().st_size > 25 << 20
     run_dir = tmp_path / "runs"
-    done = subprocess.run(
-        [sys.executable, "-m", "lightning_app", *command_line("fit", [
-            f"--data.source={corpus}", "--data.num_workers=1", "--data.batch_size=4", "--data.shuffle_buffer=50",
-            "--data.val_documents=8", "--data.max_length=48", "--trainer.max_steps=200",
-            "--trainer.enable_progress_bar=false"], {"bert": tiny_model}, run_dir)],
-        capture_output=True, text=True, timeout=500, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    err = [line for line in done.stderr.splitlines() if line.strip()]
+    # `python -m lightning_app` as a process of its own (forked from the fork server: tests.helpers.Launched)
+    done = Launched(command_line("fit", [
+        f"--data.source={corpus}", "--data.num_workers=1", "--data.batch_size=4", "--data.shuffle_buffer=50",
+        "--data.val_documents=8", "--data.max_length=48", "--trainer.max_steps=200",
+        "--trainer.enable_progress_bar=false"], {"bert": tiny_model}, run_dir))
+    code, stderr = done.finish(timeout=500), done.output()[1]
+    err = [line for line in stderr.splitlines() if line.strip()]
     errors = [line for line in err if line.startswith("error:")]
-    assert done.returncode == 2, done.stderr[-3000:]
+    assert code == 2, stderr[-3000:]
     assert len(errors) == 1 and err[-1] == errors[0], err[-5:]
     assert errors[0].startswith(f"error: data.source: a malformed record in '{corpus}' line {len(good) + len(filler) + 1} (")
     assert "dataloader worker 0" in errors[0] and "resume from the last checkpoint" in errors[0]
