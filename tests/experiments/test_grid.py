@@ -6,8 +6,6 @@ import json
 import os
 import signal
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,7 +20,7 @@ from lightning_app.experiments.logs import read_scalars
 from lightning_app.probes.tags import layer_series
 from lightning_app.packaged import packaged_path
 from tests.experiments.holds import held_recipe, python_path, recipes_option
-from tests.helpers import launches
+from tests.helpers import LAUNCH_ENV, Launched, launches
 
 SETTINGS = ["dropout", "crops", "token_crops", "crops_last2", "crops_last1"]
 # The end-to-end grid: untrained, two views and a frozen prefix (the other settings differ only in
@@ -55,9 +53,8 @@ def grid(tmp_path_factory, tiny_model):
     held = folder / "third-cell-held"
     recipe = held_recipe(folder, "configs/crop.yaml", step=0, marker=str(held), cell="crops_last1/seed1")
     args = grid_args(tiny_model, corpus, output, recipes_option(crops=recipe))
-    first = subprocess.Popen([sys.executable, "-m", "lightning_app", *args], start_new_session=True,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": python_path()})
+    # `python -m lightning_app reproduce` as a process (forked from the fork server: tests.helpers.Launched)
+    first = Launched(args, env={**os.environ, **LAUNCH_ENV, "PYTHONPATH": python_path()})
     deadline = time.monotonic() + 300
     while not held.exists():
         assert first.poll() is None and time.monotonic() < deadline, "the grid ended before its third cell was held"
