@@ -23,7 +23,7 @@ from lightning_app.experiments.launch import slot_environments
 from lightning_app.experiments.logs import read_scalars
 from lightning_app.packaged import packaged_path
 from tests.experiments.holds import REQUEUE_SIGNAL, held_recipe, python_path, recipes_option
-from tests.helpers import launches
+from tests.helpers import LAUNCH_ENV, Launched, launches
 
 CELLS = ("dropout/seed1", "crops/seed1")
 FAKE = Path(__file__).with_name("fake_slurm.py")
@@ -132,29 +132,35 @@ def gone(pids: list[int], seconds: float) -> bool:
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
 def test_stopping_the_runner_stops_its_cells(tmp_path, tiny_model, corpus, signum):
-    """Only the runner is signalled (not its process group): its cells still end with it."""
-    output = tmp_path / "results"
-    runner = subprocess.Popen([sys.executable, "-m", "lightning_app", *grid_args(tiny_model, corpus, output,
-                                                                                 "--parallel=2")],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    """Only the runner is signalled (not its process group), once both cells have started: its cells
+    still end with it. Each cell would wait at the start of its step 1 until killed, so neither can
+    finish first however long the runner's stop takes."""
+    output, held = tmp_path / "results", (tmp_path / "dropout-at-step-1", tmp_path / "crops-at-step-1")
+    recipes = recipes_option(dropout=held_recipe(tmp_path, "configs/dropout.yaml", step=1, marker=str(held[0]),
+                                                 seconds=120),
+                             crops=held_recipe(tmp_path, "configs/crop.yaml", step=1, marker=str(held[1]),
+                                               seconds=120))
+    # `python -m lightning_app reproduce` as a process (forked from the fork server: tests.helpers.Launched)
+    runner = Launched(grid_args(tiny_model, corpus, output, "--parallel=2", recipes),
+                      env={**os.environ, **LAUNCH_ENV, "PYTHONPATH": python_path()})
     try:
         deadline = time.monotonic() + 120
         while len(fit_processes(output)) < 2:
             assert runner.poll() is None and time.monotonic() < deadline, "the two cells never started"
-            time.sleep(0.2)
+            time.sleep(0.05)
         cells = fit_processes(output)
         runner.send_signal(signum)
         runner.wait(timeout=60)
         # SIGTERM: the runner stopped its cells and exited itself (128 + 15)
         assert runner.returncode == (143 if signum == signal.SIGTERM else -signal.SIGKILL)
         assert gone(cells, 15), f"lightning fit outlived its runner ({signal.Signals(signum).name})"
-        for cell in CELLS:  # stopped, not finished (a cell takes longer than its runner's stop)
+        for cell in CELLS:  # stopped, not finished
             assert not (output / cell / "export" / "config.json").exists()
     finally:
         for pid in fit_processes(output):
             os.kill(pid, signal.SIGKILL)
         if runner.poll() is None:
-            runner.kill()
+            runner.send_signal(signal.SIGKILL)
 
 
 @pytest.fixture
