@@ -21,7 +21,9 @@ corpus's counted cells (``rule_all``).
 
 The JSON last line holds every figure.
 
-    python benchmarks/signal_agreement.py GRID_DIR [GRID_DIR ...]
+    python benchmarks/signal_agreement.py GRID_DIR [GRID_DIR ...] [--markdown]
+
+``--markdown`` also prints the figures as one Markdown table (docs/results.md's).
 """
 
 from __future__ import annotations
@@ -194,9 +196,27 @@ def print_signal(column: str, found: dict) -> None:
         print(f"  within the corpus (in-sample): {_rule(found['within'])}")
 
 
+def markdown(results: dict, corpora: list[str]) -> list[str]:
+    """One row per signal: Spearman per corpus and pooled (n), leave-one-corpus-out agreement, the criterion."""
+    head = ["signal (last layer, change step 0 -> end)", *(f"Spearman {c}" for c in corpora), "Spearman pooled",
+            "sign agreement, corpus left out", "supports a verdict"]
+    rows = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for column, found in results.items():
+        rho = [f"{_number(found['spearman'][c]['rho'])} ({found['spearman'][c]['n']})" for c in corpora]
+        loco_found = found.get("loco", {})
+        agreement = (f"{loco_found['agreement'] * loco_found['n']:.0f} of {loco_found['n']}"
+                     if loco_found.get("agreement") is not None else "-")
+        verdict = found.get("support")
+        said = "-" if verdict is None else "yes" if verdict["supports"] else "no"
+        rows.append(f"| {column} | " + " | ".join([*rho, f"{_number(found['pooled']['rho'])} ({found['pooled']['n']})",
+                                                  agreement, said]) + " |")
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("grids", nargs="+", metavar="GRID_DIR", help="`lightning reproduce` output folders")
+    parser.add_argument("--markdown", action="store_true", help="also print the figures as one Markdown table")
     args = parser.parse_args()
     by_corpus, columns = read_grids(args.grids)
     if not columns:
@@ -209,6 +229,8 @@ def main() -> None:
     for column in columns:
         results[column] = figures(by_corpus, column)
         print_signal(column, results[column])
+    if args.markdown:
+        print("\n".join(markdown(results, list(by_corpus))))
     emit("signal_agreement", grids=args.grids, corpora={corpus: len(c) for corpus, c in by_corpus.items()},
          signals=results)
 

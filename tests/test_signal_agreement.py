@@ -95,3 +95,14 @@ def test_a_folder_without_signals_is_named(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [f"error: GRID_DIR: no signals.csv in {tmp_path}; expected a "
                                                 "`lightning reproduce` output folder"]
+
+
+def test_the_markdown_table_has_a_row_per_signal_with_the_printed_figures(tmp_path):
+    grids = [write_grid(tmp_path / corpus, corpus) for corpus in GRIDS]
+    printed, figures = run(*grids, "--markdown")
+    table = [line for line in printed.splitlines() if line.startswith("|")]
+    assert table[0] == ("| signal (last layer, change step 0 -> end) | Spearman a | Spearman b | Spearman c | "
+                        "Spearman pooled | sign agreement, corpus left out | supports a verdict |")
+    pooled = figures["signals"][S1]["pooled"]["rho"]
+    assert f"| {S1} | +1.00 (4) | -0.50 (3) | - (2) | {pooled:+.2f} (9) | 7 of 8 | no |" in table
+    assert len(table) == 2 + len(figures["signals"])
