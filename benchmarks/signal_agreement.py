@@ -13,6 +13,11 @@ each ``<view>/<signal>``'s change over the same steps. For every signal this pri
   the lowest threshold. With one corpus, leave-one-corpus-out is not possible: the rule is fitted and
   scored on that corpus itself (in-sample, an upper bound).
 
+Gain detection (an added look, not part of the criterion below): the same leave-one-corpus-out rule
+fitting, but every cell counted, a detected gain (interval wholly above 0) against everything else
+(no detectable change, or a loss): whether the signal tells a run the labels call better from one
+they do not.
+
 A signal **supports a label-free verdict** (the criterion fixed before the study's grids ran) when its
 leave-one-corpus-out sign agreement is at least 90% over at least 20 counted cells from at least 2
 held-out corpora, the counted cells hold at least 3 gains and 3 losses, and the agreement beats the
@@ -91,6 +96,12 @@ def decided(cells: list[dict], column: str) -> list[tuple[float, int]]:
     return points
 
 
+def detected(cells: list[dict], column: str) -> list[tuple[float, int]]:
+    """(signal change, +1 for a gain whose interval lies wholly above 0, else -1) of every cell with both."""
+    return [(cell[column], 1 if cell["change_low"] > 0 else -1) for cell in cells
+            if cell.get(column) is not None and cell.get("change_low") is not None]
+
+
 def predict(value: float, threshold: float, direction: int) -> int:
     return 1 if direction * (value - threshold) > 0 else -1
 
@@ -117,14 +128,15 @@ def score(rule: tuple[float, int] | None, points: list[tuple[float, int]], fitte
             "threshold": rule[0] if rule else None, "direction": rule[1] if rule else None, "fitted_on": fitted_on}
 
 
-def loco(by_corpus: dict[str, list[dict]], column: str) -> dict:
-    """Per held-out corpus: the rule fitted on the other corpora's counted cells, scored on its own; and the
-    share right over every held-out cell."""
+def loco(by_corpus: dict[str, list[dict]], column: str, points=None) -> dict:
+    """Per held-out corpus: the rule fitted on the other corpora's points (``decided``, or ``points``),
+    scored on its own; and the share right over every held-out point."""
+    points = points or decided
     folds = {}
     for held_out, cells in by_corpus.items():
         train = [point for corpus, others in by_corpus.items() if corpus != held_out
-                 for point in decided(others, column)]
-        folds[held_out] = score(fit_rule(train), decided(cells, column), len(train))
+                 for point in points(others, column)]
+        folds[held_out] = score(fit_rule(train), points(cells, column), len(train))
     scored = [fold for fold in folds.values() if fold["agreement"] is not None]
     right, counted = sum(fold["right"] for fold in scored), sum(fold["n"] for fold in scored)
     return {"folds": folds, "agreement": right / counted if counted else None, "n": counted,
@@ -161,6 +173,7 @@ def figures(by_corpus: dict[str, list[dict]], column: str) -> dict:
         everything = [point for cells in by_corpus.values() for point in decided(cells, column)]
         out["support"] = support(out["loco"], everything)
         out["rule_all"] = score(fit_rule(everything), everything, len(everything))
+        out["detection"] = loco(by_corpus, column, detected)
     else:
         points = decided(next(iter(by_corpus.values())), column)
         out["within"] = score(fit_rule(points), points, len(points))
@@ -189,6 +202,8 @@ def print_signal(column: str, found: dict) -> None:
             print(f"  leave {corpus} out: {_rule(fold)}")
         print(f"  leave-one-corpus-out sign agreement: {_number(found['loco']['agreement'], '.2f')} "
               f"of {found['loco']['n']} counted cells")
+        detection = found["detection"]
+        print(f"  gain detection, corpus left out: {_number(detection['agreement'], '.2f')} of {detection['n']} cells")
         verdict = found["support"]
         print("  supports a label-free verdict: " + ("yes, by the rule on every corpus: " + _rule(found["rule_all"])
                                                       if verdict["supports"] else "no: " + "; ".join(verdict["why_not"])))
@@ -199,17 +214,17 @@ def print_signal(column: str, found: dict) -> None:
 def markdown(results: dict, corpora: list[str]) -> list[str]:
     """One row per signal: Spearman per corpus and pooled (n), leave-one-corpus-out agreement, the criterion."""
     head = ["signal (last layer, change step 0 -> end)", *(f"Spearman {c}" for c in corpora), "Spearman pooled",
-            "sign agreement, corpus left out", "supports a verdict"]
+            "sign agreement, corpus left out", "gain detection, corpus left out", "supports a verdict"]
     rows = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for column, found in results.items():
         rho = [f"{_number(found['spearman'][c]['rho'])} ({found['spearman'][c]['n']})" for c in corpora]
         loco_found = found.get("loco", {})
-        agreement = (f"{loco_found['agreement'] * loco_found['n']:.0f} of {loco_found['n']}"
-                     if loco_found.get("agreement") is not None else "-")
+        agreement, detection = (f"{part['agreement'] * part['n']:.0f} of {part['n']}" if part.get("agreement") is not None
+                                else "-" for part in (loco_found, found.get("detection", {})))
         verdict = found.get("support")
         said = "-" if verdict is None else "yes" if verdict["supports"] else "no"
         rows.append(f"| {column} | " + " | ".join([*rho, f"{_number(found['pooled']['rho'])} ({found['pooled']['n']})",
-                                                  agreement, said]) + " |")
+                                                  agreement, detection, said]) + " |")
     return rows
 
 

@@ -80,6 +80,14 @@ def test_spearman_and_leave_one_corpus_out_match_the_hand_figures(tmp_path):
     rule = first["rule_all"]  # on all 8: "gain when S1 > 0.05" is right 7 times (0.15 in b is the miss)
     assert (rule["threshold"], rule["direction"], rule["right"], rule["n"]) == (pytest.approx(0.05), 1, 7, 8)
     assert "  supports a label-free verdict: no: 8 counted cells (< 20); agreement 0.88 (< 0.9)" in printed
+    # Gain detection: every cell, a detected gain (low > 0) against the rest. Leave a out: "gain when S1 > 0.05"
+    # (4 of b and c's 5) gets a's 4 right; leave b out: 0.125 separates a and c, right on 1 of b's 3; leave c out:
+    # 0.075 (6 of a and b's 7) gets c's 2 right.
+    folds = first["detection"]["folds"]
+    found = {corpus: (f["threshold"], f["right"], f["n"]) for corpus, f in folds.items()}
+    assert found == {"a": (pytest.approx(0.05), 4, 4), "b": (pytest.approx(0.125), 1, 3), "c": (pytest.approx(0.075), 2, 2)}
+    assert first["detection"]["agreement"] == pytest.approx(7 / 9)
+    assert "  gain detection, corpus left out: 0.78 of 9 cells" in printed
 
 
 def test_one_corpus_gives_the_figures_within_it(tmp_path):
@@ -102,7 +110,8 @@ def test_the_markdown_table_has_a_row_per_signal_with_the_printed_figures(tmp_pa
     printed, figures = run(*grids, "--markdown")
     table = [line for line in printed.splitlines() if line.startswith("|")]
     assert table[0] == ("| signal (last layer, change step 0 -> end) | Spearman a | Spearman b | Spearman c | "
-                        "Spearman pooled | sign agreement, corpus left out | supports a verdict |")
+                        "Spearman pooled | sign agreement, corpus left out | gain detection, corpus left out | "
+                        "supports a verdict |")
     pooled = figures["signals"][S1]["pooled"]["rho"]
-    assert f"| {S1} | +1.00 (4) | -0.50 (3) | - (2) | {pooled:+.2f} (9) | 7 of 8 | no |" in table
+    assert f"| {S1} | +1.00 (4) | -0.50 (3) | - (2) | {pooled:+.2f} (9) | 7 of 8 | 7 of 9 | no |" in table
     assert len(table) == 2 + len(figures["signals"])
