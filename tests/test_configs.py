@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from lightning_app.cli import main
-from lightning_app.cli.fit import resolve_recipe
+from lightning_app.cli.fit import SECTIONS, resolve_recipe
 from lightning_app.experiments.grid import ALL_SETTINGS, recipe_file
 from lightning_app.model.load import read_checkpoint
 from tests.helpers import ROOT, scalars
@@ -58,28 +58,36 @@ def shrink_fit(config: dict, run_dir: Path, model: str, corpus: str) -> dict:
     if view["class_path"].endswith(".TokenCrops"):  # the longest span fits the 62 tokens a 64-token view keeps
         view["init_args"]["chunk_tokens"] = min(view["init_args"]["chunk_tokens"],
                                                 int((data["max_length"] - 2) / view["init_args"]["ratio_max"]))
-    for callback in trainer["callbacks"]:
-        name, args = callback["class_path"].rsplit(".", 1)[1], callback.setdefault("init_args", {})
+    for name, args in callbacks(config):
         if name == "LayerProbe":
             for corpus_spec in args["corpora"]:
                 corpus_spec["max_documents"] = 200
             args.update(k=3, max_length=64, geometry_pairs=min(args.get("geometry_pairs", 0), 16),
                         cv_folds=min(args.get("cv_folds", 0), 3))
-        elif name == "MtebCallback":
+        elif name == "MtebCallback" and args.get("tasks"):
             args.update(tasks="LeeDocumentSimilarity", max_length=64)
     return config
+
+
+def callbacks(config: dict) -> list[tuple[str, dict]]:
+    """(class name, arguments) of every callback of a resolved fit config: those of its sections
+    (``probe:``, ``mteb:``, ``drift:``; see lightning_app.cli.fit.SECTIONS) and of ``trainer.callbacks``."""
+    sections = [(callback.__name__, config[section]) for section, callback in SECTIONS.items()
+                if config.get(section) is not None]
+    listed = [(callback["class_path"].rsplit(".", 1)[1], callback.setdefault("init_args", {}))
+              for callback in config["trainer"]["callbacks"]]
+    return sections + listed
 
 
 def check_run(version: Path, config: dict) -> None:
     assert read_checkpoint(version / "checkpoints" / "last.ckpt")["global_step"] == STEPS
     assert (version / "export" / "model.safetensors").exists()
     assert [step for step, _ in scalars(version, "train/loss")] == list(range(STEPS))
-    for callback in config["trainer"]["callbacks"]:
-        name, args = callback["class_path"].rsplit(".", 1)[1], callback["init_args"]
+    for name, args in callbacks(config):
         if name == "LayerProbe":
             for spec in args["corpora"]:
                 assert [s for s, _ in scalars(version, f"probe/{spec['name']}/knn_acc")][-1] == STEPS
-        elif name == "MtebCallback":
+        elif name == "MtebCallback" and args.get("tasks"):
             assert [s for s, _ in scalars(version, "mteb/mean")] == [0]
         elif name == "LayerDrift":
             assert scalars(version, "drift/layer_00")
