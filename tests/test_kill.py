@@ -27,6 +27,9 @@ from tests.helpers import LAUNCH_ENV, ROOT, Launched, assert_same_log, held_at, 
 pytestmark = pytest.mark.slow
 
 STEPS = 24  # not a multiple of the checkpoints' every_n_train_steps (10)
+# The probe at test size: 100 BBC documents at the runs' 48 tokens (configs/crop.yaml: 500 at 128,
+# most of a tiny run's time).
+PROBE = ["--probe.corpora=[{max_documents: 100}]", "--probe.max_length=48"]
 
 
 class StallingCheckpointIO(AtomicCheckpointIO):
@@ -109,7 +112,8 @@ def fit_command(run_dir: Path, model: str, *extra: str, config: str = "crop.yaml
             f"--trainer.default_root_dir={run_dir}", f"--trainer.logger.init_args.save_dir={run_dir}",
             "--trainer.logger.init_args.version=0", f"--model.model={model}", "--model.lr=1e-3",
             f"--trainer.max_steps={STEPS}", "--trainer.limit_val_batches=2", "--trainer.enable_progress_bar=false",
-            "--data.batch_size=8", "--data.max_length=48", "--data.shuffle_buffer=200", "--data.num_workers=2", *extra]
+            "--data.batch_size=8", "--data.max_length=48", "--data.shuffle_buffer=200", "--data.num_workers=2",
+            *PROBE, *extra]
 
 
 ENV = {**os.environ, **LAUNCH_ENV}
