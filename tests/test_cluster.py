@@ -40,7 +40,8 @@ def test_sigusr1_under_slurm_saves_requeues_and_the_requeued_job_resumes(tmp_pat
     run_dir = tmp_path / "runs"
     # `lightning fit` as a process of its own (forked from the fork server: tests.helpers.Launched)
     command = tiny_fit(run_dir, tiny_model, "--config", str(ROOT / "configs/slurm.yaml"), "--trainer.max_steps=20",
-                       "--trainer.logger.init_args.version=slurm-4242")[1:]
+                       "--trainer.logger.init_args.version=slurm-4242", "--probe.corpora=[{max_documents: 100}]",
+                       "--probe.max_length=48")[1:]
     log_dir = run_dir / "crop" / "slurm-4242"
 
     # The first run holds the end of its step 12 (after the step-10 checkpoint) until it has received

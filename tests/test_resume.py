@@ -16,6 +16,9 @@ from lightning_app.cli.preemption import AtomicCheckpointIO
 from tests.helpers import ROOT, assert_same_log, scalars
 
 STEPS = 12
+# The probe at test size: 100 BBC documents at the runs' 48 tokens (the configs: 500 at 128, most of
+# a tiny run's time).
+PROBE = ["--probe.corpora=[{max_documents: 100}]", "--probe.max_length=48"]
 
 
 class CrashAt(Callback):
@@ -34,7 +37,7 @@ def fit(config: str, run_dir: Path, model: str, *extra: str) -> None:
           f"--trainer.logger.init_args.save_dir={run_dir}", "--trainer.logger.init_args.version=0",
           f"--model.model={model}", "--model.lr=1e-3", f"--trainer.max_steps={STEPS}",
           "--trainer.limit_val_batches=2", "--trainer.enable_progress_bar=false",
-          "--data.batch_size=8", "--data.max_length=48", "--data.shuffle_buffer=200", *extra])
+          "--data.batch_size=8", "--data.max_length=48", "--data.shuffle_buffer=200", *PROBE, *extra])
 
 
 def weights(checkpoint: Path) -> dict[str, torch.Tensor]:
