@@ -163,6 +163,7 @@ def held_at(point: str, step: int, marker: Path, wait_for: str) -> str:
 PRELOAD = ["tests.helpers", "lightning_app.cli", "lightning_app.cli.fit", "transformers.models.bert.modeling_bert",
            "torch.utils.tensorboard", "tensorboard.backend.event_processing.event_accumulator"]
 LAUNCH_ENV = {"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
 def _as_lightning_main(args: list[str], env: dict[str, str], cwd: str, out: str, err: str, script: str | None) -> None:
@@ -182,6 +183,8 @@ def _as_lightning_main(args: list[str], env: dict[str, str], cwd: str, out: str,
     signal.signal(signal.SIGINT, signal.default_int_handler)
     os.environ.clear()
     os.environ.update(env)
+    if env.get("OMP_NUM_THREADS"):  # read when torch starts: the fork server's torch had none
+        torch.set_num_threads(int(env["OMP_NUM_THREADS"]))
     os.chdir(cwd)
     sys.argv = [script or str(ROOT / "lightning_app" / "__main__.py"), *args]
     multiprocessing.current_process().name = "MainProcess"
@@ -223,7 +226,13 @@ class Launched:
         self._process = context.Process(target=_as_lightning_main, daemon=False,
                                         args=(list(args), dict(environment), os.getcwd(), str(self.out), str(self.err),
                                               None if script is None else str(script)))
-        self._process.start()
+        # The fork server starts with the first process: without this test's thread counts, if any
+        # (torch reads them once, at its import there).
+        threads = {name: os.environ.pop(name) for name in THREAD_VARIABLES if name in os.environ}
+        try:
+            self._process.start()
+        finally:
+            os.environ.update(threads)
         self.pid = self._process.pid
 
     @property
