@@ -248,7 +248,9 @@ def report(planned: Plan, options: dict, waiting: list[Cell], untrained: dict | 
               f"- recipes: {', '.join(f'{view} `{path}`' for view, path in options['recipes'].items())}",
               f"- budget: {budget.steps} steps of {budget.batch_size} pairs, lr {budget.lr}, {budget.max_length} "
               f"tokens per view; probes every {cells[0].config['trainer.val_check_interval']} steps on "
-              f"{probe.documents or 'all'} documents at {probe.max_length} tokens",
+              f"{probe.documents or 'all'} documents at {probe.max_length} tokens; {budget.val_fraction:.0%} of the "
+              f"corpus held out of training" + (f", the in-domain signals on up to {probe.indomain_documents} of its "
+                                                f"documents" if probe.indomain_documents is not None else ""),
               f"- seeds: {', '.join(map(str, options['seeds']))}; machine: {platform.machine()}, {os.cpu_count()} "
               f"CPUs, device {_device(planned.runs_on)}; the runs took "
               f"{sum(sum(row.wall_s) for row in measured.values()) / 60:.1f} min in all (this invocation "
