@@ -61,7 +61,7 @@ def shrink_fit(config: dict, run_dir: Path, model: str, corpus: str) -> dict:
     for name, args in callbacks(config):
         if name == "LayerProbe":
             for corpus_spec in args["corpora"]:
-                corpus_spec["max_documents"] = 200
+                corpus_spec["max_documents"] = 100
             args.update(k=3, max_length=64, geometry_pairs=min(args.get("geometry_pairs", 0), 16),
                         cv_folds=min(args.get("cv_folds", 0), 3))
         elif name == "MtebCallback" and args.get("tasks"):
