@@ -80,7 +80,8 @@ def test_drift_is_exactly_zero_for_the_frozen_prefix_of_last_layers_config(tmp_p
     main(["fit", "--config", str(ROOT / "configs/last_layers.yaml"), f"--trainer.default_root_dir={tmp_path}",
           f"--trainer.logger.init_args.save_dir={tmp_path}", f"--model.model={tiny_model}", "--model.lr=1e-3",
           "--model.frozen_layers=1", "--trainer.max_steps=3", "--trainer.val_check_interval=3",
-          "--data.batch_size=8", "--data.max_length=32", "--data.num_workers=0"])
+          "--data.batch_size=8", "--data.max_length=32", "--data.num_workers=0",
+          "--probe.corpora=[{max_documents: 100}]", "--probe.max_length=32"])  # the probe at test size
     series = scalar_series(tmp_path / "last_layers" / "version_0")
     for frozen in ("drift/layer_00", "drift/layer_01"):
         assert series[frozen] == [(0, 0.0), (1, 0.0), (2, 0.0), (3, 0.0)], frozen
