@@ -7,6 +7,7 @@ A test module imports from here or from the package, never from another test mod
 from __future__ import annotations
 
 import atexit
+import contextlib
 import multiprocessing
 import os
 import runpy
@@ -202,6 +203,15 @@ def _as_lightning_main(args: list[str], env: dict[str, str], cwd: str, out: str,
 
 
 _LOGS: list[tempfile.TemporaryDirectory] = []
+_STARTED: list[Launched] = []
+
+
+@atexit.register  # before multiprocessing's own exit handler, which would wait for them
+def _kill_the_left_running() -> None:
+    for process in _STARTED:
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
 
 
 def _logs() -> tempfile.TemporaryDirectory:
@@ -214,8 +224,10 @@ def _logs() -> tempfile.TemporaryDirectory:
 class Launched:
     """``python -m lightning_app ARGS`` (``python SCRIPT ARGS`` with ``script``) started as a process
     forked from the fork server, with ``subprocess.Popen``'s ``pid``, ``poll``, ``wait``,
-    ``send_signal`` and ``returncode``; its stdout and stderr go to files (``output()``). Exit codes are the interpreter's: 0, ``SystemExit``'s
-    code, 1 after an uncaught exception (its traceback on stderr), ``-signum`` when killed."""
+    ``send_signal`` and ``returncode``; its stdout and stderr go to files (``output()``). Exit codes
+    are the interpreter's: 0, ``SystemExit``'s code, 1 after an uncaught exception (its traceback on
+    stderr), ``-signum`` when killed. One still running when the test session ends (a failed test
+    left it) is killed with its group then."""
 
     def __init__(self, args: list[str], env: dict[str, str] | None = None, script: str | Path | None = None) -> None:
         context = multiprocessing.get_context("forkserver")
@@ -234,6 +246,7 @@ class Launched:
         finally:
             os.environ.update(threads)
         self.pid = self._process.pid
+        _STARTED.append(self)
 
     @property
     def returncode(self) -> int | None:
