@@ -174,6 +174,9 @@ def figures(by_corpus: dict[str, list[dict]], column: str) -> dict:
         out["support"] = support(out["loco"], everything)
         out["rule_all"] = score(fit_rule(everything), everything, len(everything))
         out["detection"] = loco(by_corpus, column, detected)
+        every = [point for cells in by_corpus.values() for point in detected(cells, column)]
+        gains = sum(sign == 1 for _, sign in every)
+        out["detection"]["majority"] = max(gains, len(every) - gains)  # right by always saying the commoner
     else:
         points = decided(next(iter(by_corpus.values())), column)
         out["within"] = score(fit_rule(points), points, len(points))
@@ -203,7 +206,8 @@ def print_signal(column: str, found: dict) -> None:
         print(f"  leave-one-corpus-out sign agreement: {_number(found['loco']['agreement'], '.2f')} "
               f"of {found['loco']['n']} counted cells")
         detection = found["detection"]
-        print(f"  gain detection, corpus left out: {_number(detection['agreement'], '.2f')} of {detection['n']} cells")
+        print(f"  gain detection, corpus left out: {_number(detection['agreement'], '.2f')} of {detection['n']} cells "
+              f"(always the commoner verdict: {detection['majority']} right)")
         verdict = found["support"]
         print("  supports a label-free verdict: " + ("yes, by the rule on every corpus: " + _rule(found["rule_all"])
                                                       if verdict["supports"] else "no: " + "; ".join(verdict["why_not"])))
@@ -214,13 +218,16 @@ def print_signal(column: str, found: dict) -> None:
 def markdown(results: dict, corpora: list[str]) -> list[str]:
     """One row per signal: Spearman per corpus and pooled (n), leave-one-corpus-out agreement, the criterion."""
     head = ["signal (last layer, change step 0 -> end)", *(f"Spearman {c}" for c in corpora), "Spearman pooled",
-            "sign agreement, corpus left out", "gain detection, corpus left out", "supports a verdict"]
+            "sign agreement, corpus left out", "gain detection, corpus left out (always the commoner)",
+            "supports a verdict"]
     rows = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for column, found in results.items():
         rho = [f"{_number(found['spearman'][c]['rho'])} ({found['spearman'][c]['n']})" for c in corpora]
         loco_found = found.get("loco", {})
         agreement, detection = (f"{part['agreement'] * part['n']:.0f} of {part['n']}" if part.get("agreement") is not None
                                 else "-" for part in (loco_found, found.get("detection", {})))
+        if "detection" in found and detection != "-":
+            detection += f" ({found['detection']['majority']})"
         verdict = found.get("support")
         said = "-" if verdict is None else "yes" if verdict["supports"] else "no"
         rows.append(f"| {column} | " + " | ".join([*rho, f"{_number(found['pooled']['rho'])} ({found['pooled']['n']})",

@@ -87,7 +87,8 @@ def test_spearman_and_leave_one_corpus_out_match_the_hand_figures(tmp_path):
     found = {corpus: (f["threshold"], f["right"], f["n"]) for corpus, f in folds.items()}
     assert found == {"a": (pytest.approx(0.05), 4, 4), "b": (pytest.approx(0.125), 1, 3), "c": (pytest.approx(0.075), 2, 2)}
     assert first["detection"]["agreement"] == pytest.approx(7 / 9)
-    assert "  gain detection, corpus left out: 0.78 of 9 cells" in printed
+    assert first["detection"]["majority"] == 5  # 4 detected gains of 9: always "no gain" is right 5 times
+    assert "  gain detection, corpus left out: 0.78 of 9 cells (always the commoner verdict: 5 right)" in printed
 
 
 def test_one_corpus_gives_the_figures_within_it(tmp_path):
@@ -110,8 +111,31 @@ def test_the_markdown_table_has_a_row_per_signal_with_the_printed_figures(tmp_pa
     printed, figures = run(*grids, "--markdown")
     table = [line for line in printed.splitlines() if line.startswith("|")]
     assert table[0] == ("| signal (last layer, change step 0 -> end) | Spearman a | Spearman b | Spearman c | "
-                        "Spearman pooled | sign agreement, corpus left out | gain detection, corpus left out | "
+                        "Spearman pooled | sign agreement, corpus left out | gain detection, corpus left out (always the commoner) | "
                         "supports a verdict |")
     pooled = figures["signals"][S1]["pooled"]["rho"]
-    assert f"| {S1} | +1.00 (4) | -0.50 (3) | - (2) | {pooled:+.2f} (9) | 7 of 8 | 7 of 9 | no |" in table
+    assert f"| {S1} | +1.00 (4) | -0.50 (3) | - (2) | {pooled:+.2f} (9) | 7 of 8 | 7 of 9 (5) | no |" in table
     assert len(table) == 2 + len(figures["signals"])
+
+
+def test_the_summarys_study_is_what_the_script_finds_in_the_published_grids():
+    """``verdict.STUDY``, which the end-of-fit summary quotes, against the grids in docs/results/signals/."""
+    sys.path.insert(0, str(SCRIPT.parents[1]))
+    from benchmarks.signal_agreement import figures, read_grids
+
+    from lightning_app.probes.verdict import STUDY, Rule
+
+    grids = sorted(str(path.parent) for path in (SCRIPT.parents[1] / "docs" / "results" / "signals").glob("*/signals.csv"))
+    assert len(grids) >= 3
+    by_corpus, columns = read_grids(grids)
+    cells = [cell for corpus in by_corpus.values() for cell in corpus]
+    found = {column: figures(by_corpus, column) for column in columns}
+    supported = tuple(Rule(column, f["rule_all"]["threshold"], f["rule_all"]["direction"], f["loco"]["right"],
+                           f["loco"]["n"]) for column, f in found.items() if f["support"]["supports"])
+    rho = {column: f["pooled"]["rho"] for column, f in found.items() if f["pooled"]["rho"] is not None}
+    closest = max(rho, key=rho.get)
+    assert STUDY.corpora == tuple(by_corpus) and STUDY.runs == len(cells)
+    assert STUDY.gains == sum(cell["change_low"] > 0 for cell in cells)
+    assert STUDY.losses == sum(cell["change_high"] < 0 for cell in cells)
+    assert STUDY.supported == supported
+    assert (STUDY.closest, STUDY.closest_rho) == (closest, pytest.approx(rho[closest], abs=0.005))
