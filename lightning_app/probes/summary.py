@@ -117,7 +117,7 @@ def corpus_lines(probe, seen: tuple[str, float] | None, own: str | None) -> list
         return []
     heldout = probe.heldout
     return [*verdict.signal_lines(heldout.series, list(heldout.sets or {}), heldout.held_out, probe.data_source),
-            *verdict.judgement_lines(own, seen)]
+            *verdict.judgement_lines(own, seen, heldout.series)]
 
 
 def finish(trainer: Trainer, probe) -> None:

@@ -4,12 +4,27 @@ what the label-free signals of the training corpus can and cannot say."""
 import torch
 
 from lightning_app.probes.summary import summarize, summary_lines
-from lightning_app.probes.verdict import domain_line, interval_line, judgement_lines, same_source, signal_lines
+from lightning_app.probes.verdict import (
+    STUDY,
+    Rule,
+    Study,
+    domain_line,
+    interval_line,
+    judgement_lines,
+    same_source,
+    signal_lines,
+)
 
 SERIES = {f"probe/indomain/sentence_crops/retrieval_top1/layer_0{i}": {0: 0.5 + i / 10, 30: 0.55 + i / 10}
           for i in range(3)}
 SERIES["probe/indomain/sentence_crops/effective_rank/layer_02"] = {0: 80.0, 30: 78.5}
 SERIES["probe/indomain/dropout/retrieval_top1/layer_02"] = {30: 0.99}  # step 0 not probed
+
+
+# The signal study as the summary quotes it (tests/test_signal_agreement.py holds STUDY to the published grids).
+STUDIED = (f"signal study, docs/results.md: {STUDY.runs} runs on 3 labelled corpora, {STUDY.gains} gains and "
+           f"{STUDY.losses} losses beyond the labels' uncertainty; closest: lexical overlap of token_crops pairs, "
+           f"Spearman {STUDY.closest_rho:+.2f} with the labelled change")
 
 
 def correctness(right: int, gained: int, lost: int, total: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
@@ -40,8 +55,8 @@ def test_a_labelled_probe_of_the_training_corpus_gets_a_paired_interval_and_the_
         "step 0 -> step 30:",
         "    sentence_crops: retrieval top-1 0.700 -> 0.750 (+0.050), effective rank 80.0 -> 78.5 (-1.5)",
         "    dropout: retrieval top-1 0.990 (step 0 not probed)",
-        "  your corpus: judged with labels by mine above; the label-free signals alone cannot judge quality "
-        "(which of them predicts a labelled gain is not yet established).",
+        "  your corpus: judged with labels by mine above; no label-free signal met the criterion for a verdict of "
+        f"its own ({STUDIED}).",
         "  your corpus: at least 961 labelled documents of it, listed under probe.corpora, would give a 95% interval "
         "of +/- 2 points (10.0% of documents changed outcome on mine; by subsampling two labelled corpora, that "
         "width took 1.3-2.2 times this count).",
@@ -63,8 +78,7 @@ def test_an_out_of_domain_probe_says_so_and_the_training_corpus_gets_no_verdict(
         "  tickets (tickets.jsonl) is not data.source: it measures how the model changed on its labels 'team', "
         "which speaks for papers/*.jsonl only if its documents are a sample of it.")
     assert judgement_lines(None, ("bbcnews", 0.05)) == [
-        "  your corpus: no verdict: without labels these signals cannot judge quality (which of them predicts a "
-        "labelled gain is not yet established).",
+        f"  your corpus: no verdict: no label-free signal met the criterion for one without labels ({STUDIED}).",
         "  your corpus: at least 481 labelled documents of it, listed under probe.corpora, would give a 95% interval "
         "of +/- 2 points (5.0% of documents changed outcome on bbcnews; by subsampling two labelled corpora, that "
         "width took 1.3-2.2 times this count).",
@@ -88,3 +102,27 @@ def test_sources_compare_as_absolute_paths(tmp_path, monkeypatch):
     assert same_source("mine.jsonl", str(tmp_path / "mine.jsonl"))
     assert same_source("packaged:bbcnews", "packaged:bbcnews")
     assert not same_source("packaged:bbcnews", "packaged:newsarticles")
+
+
+def test_a_supported_signal_gives_the_verdict_by_its_rule_and_the_others_stay_silent():
+    rule = Rule("sentence_crops/retrieval_top1", threshold=0.03, direction=1, agreed=27, counted=29)
+    worse = Rule("sentence_crops/effective_rank", threshold=-1.0, direction=-1, agreed=20, counted=21)
+    unlogged = Rule("token_crops/lexical_overlap", threshold=0.0, direction=1, agreed=25, counted=26)
+    study = Study(corpora=("a", "b", "c"), runs=60, gains=20, losses=9, supported=(rule, worse, unlogged),
+                  closest=rule.signal, closest_rho=0.8)
+    lines = judgement_lines(None, None, SERIES, study=study)
+    assert lines[:2] == [
+        "  your corpus: retrieval top-1 of sentence_crops pairs changed +0.050: better, by the signal study's rule "
+        "(gain when the change is > +0.03; right in 27 of 29 runs on 3 labelled corpora, each corpus left out of "
+        "the fit in turn).",
+        "  your corpus: effective rank of sentence_crops pairs changed -1.500: better, by the signal study's rule "
+        "(gain when the change is < -1; right in 20 of 21 runs on 3 labelled corpora, each corpus left out of the "
+        "fit in turn).",
+    ]
+    assert lines[2].startswith("  your corpus: at least 481 labelled documents") and len(lines) == 3
+    higher = Study(corpora=("a", "b", "c"), runs=60, gains=20, losses=9, supported=(Rule(rule.signal, 0.06, 1, 27, 29),),
+                   closest=rule.signal, closest_rho=0.8)
+    assert ": not better, by the signal study's rule (gain when the change is > +0.06;" in judgement_lines(
+        "mine", None, SERIES, study=higher)[0]
+    only_dropout = {"probe/indomain/dropout/retrieval_top1/layer_02": {30: 0.99}}  # no step 0: no verdict
+    assert judgement_lines(None, None, only_dropout, study=higher)[0].startswith("  your corpus: no verdict: ")
