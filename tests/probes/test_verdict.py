@@ -23,7 +23,7 @@ SERIES["probe/indomain/dropout/retrieval_top1/layer_02"] = {30: 0.99}  # step 0 
 
 # The signal study as the summary quotes it (tests/test_signal_agreement.py holds STUDY to the published grids).
 STUDIED = (f"signal study, docs/results.md: {STUDY.runs} runs on 3 labelled corpora, {STUDY.gains} gains and "
-           f"{STUDY.losses} losses beyond the labels' uncertainty; closest: lexical overlap of token_crops pairs, "
+           f"{STUDY.losses} losses beyond the labels' uncertainty; closest: effective rank of token_crops pairs, "
            f"Spearman {STUDY.closest_rho:+.2f} with the labelled change")
 
 
