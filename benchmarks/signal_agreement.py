@@ -18,7 +18,7 @@ fitting, but every cell counted, a detected gain (interval wholly above 0) again
 (no detectable change, or a loss): whether the signal tells a run the labels call better from one
 they do not.
 
-A signal **supports a label-free verdict** (the criterion fixed before the study's grids ran) when its
+A signal **supports a label-free verdict** (the criterion fixed before any of the study's results was read) when its
 leave-one-corpus-out sign agreement is at least 90% over at least 20 counted cells from at least 2
 held-out corpora, the counted cells hold at least 3 gains and 3 losses, and the agreement beats the
 trivial rule that always says the majority sign. Its rule for users is then the one fitted on every
