@@ -128,10 +128,9 @@ def score(rule: tuple[float, int] | None, points: list[tuple[float, int]], fitte
             "threshold": rule[0] if rule else None, "direction": rule[1] if rule else None, "fitted_on": fitted_on}
 
 
-def loco(by_corpus: dict[str, list[dict]], column: str, points=None) -> dict:
-    """Per held-out corpus: the rule fitted on the other corpora's points (``decided``, or ``points``),
-    scored on its own; and the share right over every held-out point."""
-    points = points or decided
+def loco(by_corpus: dict[str, list[dict]], column: str, points=decided) -> dict:
+    """Per held-out corpus: the rule fitted on the other corpora's ``points`` (the counted cells, by
+    default), scored on its own; and the share right over every held-out point."""
     folds = {}
     for held_out, cells in by_corpus.items():
         train = [point for corpus, others in by_corpus.items() if corpus != held_out

@@ -128,6 +128,7 @@ CASES = {
     "reproduce-mteb-length": ("reproduce", lambda p, r: ["--mteb.max_length=521"], "mteb.max_length: expected at most 520"),
     "reproduce-source": ("reproduce", lambda p, r: [f"--source={p['folder']}/none.jsonl"], "data.source: file not found: '"),
     "reproduce-steps": ("reproduce", lambda p, r: ["--budget.steps=0"], "budget.steps: expected >= 1, 'epoch' or null (the recipe's), got 0"),
+    "reproduce-val-fraction": ("reproduce", lambda p, r: ["--budget.val_fraction=1"], "budget.val_fraction: expected 0 <= val_fraction < 1, got 1"),
     "reproduce-output-file": ("reproduce", lambda p, r: [f"--output={r}/crop/version_0/config.yaml"], "output: expected a folder, but"),
 }
 

@@ -96,6 +96,12 @@ def domain_line(name: str, source: str, label_field: str, data_source: str) -> s
             f"'{label_field}', which speaks for {data_source} only if its documents are a sample of it.")
 
 
+def last_layer(series: dict[str, dict[int, float]], view: str, signal: str) -> dict[int, float]:
+    """The last layer's logged values (step -> value) of one in-domain signal; empty when it was not logged."""
+    layers = tags.layer_series(series, tags.indomain_tag(view, signal))
+    return layers[-1] if layers else {}
+
+
 def signal_lines(series: dict[str, dict[int, float]], views: list[str], held_out: int, data_source: str) -> list[str]:
     """Each view type's label-free signals of the last layer at step 0 and at the last step logged."""
     if not views:
@@ -104,10 +110,9 @@ def signal_lines(series: dict[str, dict[int, float]], views: list[str], held_out
     for view in views:
         parts = []
         for signal, (label, form) in SIGNALS.items():
-            layers = tags.layer_series(series, tags.indomain_tag(view, signal))
-            if not layers:
+            last = last_layer(series, view, signal)
+            if not last:
                 continue
-            last = layers[-1]
             end = last[max(last)]
             parts.append(f"{label} {last[0]:{form}} -> {end:{form}} ({end - last[0]:+{form}})" if 0 in last
                          else f"{label} {end:{form}} (step 0 not probed)")
@@ -134,10 +139,9 @@ def rule_lines(series: dict[str, dict[int, float]], study: Study) -> list[str]:
     """The verdict of each supported signal whose last layer was logged at step 0 and later."""
     lines = []
     for rule in study.supported:
-        layers = tags.layer_series(series, tags.indomain_tag(*rule.signal.split("/")))
-        if not layers or 0 not in layers[-1] or len(layers[-1]) < 2:
+        last = last_layer(series, *rule.signal.split("/"))
+        if 0 not in last or len(last) < 2:
             continue
-        last = layers[-1]
         change = last[max(last)] - last[0]
         side = ">" if rule.direction == 1 else "<"
         said = "better" if rule.direction * (change - rule.threshold) > 0 else "not better"
