@@ -9,6 +9,12 @@ import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
+# Under pytest-xdist (README's test command runs a worker per core): the workers share the cores, each
+# with its share of math threads, instead of each starting one thread per core.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    share = str(max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(name, share)
 
 from lightning_app.data.sources import bbc_news  # noqa: E402
 from lightning_app.packaged import load_tokenizer  # noqa: E402

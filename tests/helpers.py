@@ -170,11 +170,14 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"
 def _as_lightning_main(args: list[str], env: dict[str, str], cwd: str, out: str, err: str, script: str | None) -> None:
     """In the forked child: what ``python -m lightning_app ARGS`` (or ``python SCRIPT ARGS``) does, in
     a session of its own (a kill of its group reaches its dataloader workers), with its own
-    environment, folder and output files; the exit handlers run as at the interpreter's exit, then
-    the process ends."""
+    environment, folder and output files (one file for both: appended to); the exit handlers run as
+    at the interpreter's exit, then the process ends."""
     os.setsid()
     for fd, path in ((1, out), (2, err)):
-        file = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        if fd == 2 and err == out:
+            os.dup2(1, 2)
+            continue
+        file = os.open(path, os.O_WRONLY | os.O_CREAT | (os.O_APPEND if err == out else os.O_TRUNC), 0o644)
         os.dup2(file, fd)
         os.close(file)
     sys.stdout.reconfigure(line_buffering=True)
@@ -227,13 +230,17 @@ class Launched:
     ``send_signal`` and ``returncode``; its stdout and stderr go to files (``output()``). Exit codes
     are the interpreter's: 0, ``SystemExit``'s code, 1 after an uncaught exception (its traceback on
     stderr), ``-signum`` when killed. One still running when the test session ends (a failed test
-    left it) is killed with its group then."""
+    left it) is killed with its group then. With ``log``, stdout and stderr are appended to that file."""
 
-    def __init__(self, args: list[str], env: dict[str, str] | None = None, script: str | Path | None = None) -> None:
+    def __init__(self, args: list[str], env: dict[str, str] | None = None, script: str | Path | None = None,
+                 log: str | Path | None = None) -> None:
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(PRELOAD)
-        folder = tempfile.mkdtemp(dir=_logs().name)
-        self.out, self.err = Path(folder) / "stdout", Path(folder) / "stderr"
+        if log is None:
+            folder = tempfile.mkdtemp(dir=_logs().name)
+            self.out, self.err = Path(folder) / "stdout", Path(folder) / "stderr"
+        else:
+            self.out = self.err = Path(log)
         environment = {**os.environ, **LAUNCH_ENV} if env is None else env
         self._process = context.Process(target=_as_lightning_main, daemon=False,
                                         args=(list(args), dict(environment), os.getcwd(), str(self.out), str(self.err),
@@ -273,7 +280,7 @@ class Launched:
             raise
 
     def output(self) -> tuple[str, str]:
-        """(stdout, stderr) so far."""
+        """(stdout, stderr) so far (with ``log``: its whole text twice)."""
         return (self.out.read_text(errors="replace") if self.out.exists() else "",
                 self.err.read_text(errors="replace") if self.err.exists() else "")
 
@@ -287,3 +294,16 @@ def run_lightning(args: list[str], env: dict[str, str] | None = None, timeout: f
     out, err = process.output()
     assert code == 0, f"exit {code}\n" + out[-2000:] + err[-3000:]
     return out, err
+
+
+def fork_cells(monkeypatch) -> None:
+    """The grid's cells, ``python -m lightning_app fit ...`` processes, forked as ``Launched`` (their
+    output appended to the cell's ``fit.log``) instead of started as new interpreters: only
+    ``experiments.children.start`` is replaced, the rest of the grid runs as it does. Tests of what
+    a stopped runner does to its cells (a process group, the parent's death) keep the real start."""
+    from lightning_app.experiments import children
+
+    def start(command: list[str], env: dict, stdout, stderr) -> Launched:
+        assert command[:3] == [sys.executable, "-m", "lightning_app"] and stderr == subprocess.STDOUT, command
+        return Launched(command[3:], env=env, log=stdout.name)
+    monkeypatch.setattr(children, "start", start)

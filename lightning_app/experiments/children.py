@@ -38,13 +38,17 @@ def _die_with(parent: int):
     return preexec
 
 
+def start(command: list[str], env: dict, **kwargs) -> subprocess.Popen:
+    """Start ``command`` in a session of its own, killed when this process dies (``kwargs``: Popen's)."""
+    return subprocess.Popen(command, env=env, start_new_session=True, preexec_fn=_die_with(os.getpid()), **kwargs)
+
+
 def call(command: list[str], env: dict, **kwargs) -> int:
     """Run ``command`` as a tied child (see the module) and return its exit status."""
     with _LOCK:
         if _STOPPING.is_set():
             raise Stopped("stopping")
-        child = subprocess.Popen(command, env=env, start_new_session=True, preexec_fn=_die_with(os.getpid()),
-                                 **kwargs)
+        child = start(command, env=env, **kwargs)
         _LIVE.add(child)
     try:
         return child.wait()

@@ -20,7 +20,7 @@ from lightning_app.experiments.logs import read_scalars
 from lightning_app.probes.tags import layer_series
 from lightning_app.packaged import packaged_path
 from tests.experiments.holds import held_recipe, python_path, recipes_option
-from tests.helpers import LAUNCH_ENV, Launched, launches
+from tests.helpers import LAUNCH_ENV, Launched, fork_cells, launches
 
 SETTINGS = ["dropout", "crops", "token_crops", "crops_last2", "crops_last1"]
 # The end-to-end grid: untrained, two views and a frozen prefix (the other settings differ only in
@@ -64,6 +64,7 @@ def grid(tmp_path_factory, tiny_model):
     finished = {p.parent.relative_to(output): p.read_text() for p in output.glob("*/seed*/done.json")}
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("PYTHONPATH", python_path())
+        fork_cells(patch)
         main(args)  # the rerun, in this process (the held marker exists: nothing is held again)
     return output, finished
 

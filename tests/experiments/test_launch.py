@@ -23,7 +23,7 @@ from lightning_app.experiments.launch import slot_environments
 from lightning_app.experiments.logs import read_scalars
 from lightning_app.packaged import packaged_path
 from tests.experiments.holds import REQUEUE_SIGNAL, held_recipe, python_path, recipes_option
-from tests.helpers import LAUNCH_ENV, Launched, launches
+from tests.helpers import LAUNCH_ENV, Launched, fork_cells, launches
 
 CELLS = ("dropout/seed1", "crops/seed1")
 FAKE = Path(__file__).with_name("fake_slurm.py")
@@ -54,6 +54,7 @@ def sequential(tmp_path_factory, tiny_model, corpus) -> Path:
     output = tmp_path_factory.mktemp("sequential") / "results"
     with pytest.MonkeyPatch.context() as patch:
         half_the_threads(patch)
+        fork_cells(patch)
         main(grid_args(tiny_model, corpus, output))
     return output
 
@@ -95,6 +96,7 @@ def test_two_cells_at_once_overlap_and_match_the_sequential_run(tmp_path, tiny_m
                "crops": held_recipe(tmp_path, "configs/crop.yaml", step=1, marker=str(second),
                                     release=str(first), seconds=120)}
     monkeypatch.setenv("PYTHONPATH", python_path())
+    fork_cells(monkeypatch)
     main(grid_args(tiny_model, corpus, output, "--parallel=2", recipes_option(**recipes)))
     assert first.exists() and second.exists()
     assert_same_results(output, sequential)
