@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from lightning import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
 from safetensors.torch import load_file
 
 from lightning_app.model.load import read_checkpoint
@@ -93,13 +94,33 @@ class MarkStep(Callback):
         raise RuntimeError(f"MarkStep: not killed within 60 s after step {self.step}")
 
 
+class HoldBeforeStepLog(TensorBoardLogger):
+    """The TensorBoard logger, held (after writing ``marker``) as Lightning is about to log the losses
+    of training step ``hold_step`` (1-based): the step's checkpoint and ``last.ckpt`` are written, its
+    losses not yet. A test SIGKILLs the run there."""
+
+    def __init__(self, *args, hold_step: int = 0, marker: str = "", **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.hold_step, self.marker = hold_step, Path(marker)
+
+    def log_metrics(self, metrics, step=None) -> None:
+        if step == self.hold_step - 1 and "train/loss" in metrics and not self.marker.exists():
+            self.marker.write_text(str(self.hold_step))
+            time.sleep(60)  # the test's SIGKILL ends the run here
+            raise RuntimeError(f"HoldBeforeStepLog: not killed within 60 s at step {self.hold_step}")
+        super().log_metrics(metrics, step)
+
+
 def mark(step: int, marker: Path, hold_for_sigterm: bool = False, hold_for_kill: bool = False) -> str:
     return ('--trainer.callbacks+={"class_path": "tests.test_kill.MarkStep", '
             f'"init_args": {{"step": {step}, "marker": "{marker}", "hold_for_sigterm": {str(hold_for_sigterm).lower()}, '
             f'"hold_for_kill": {str(hold_for_kill).lower()}}}}}')
 
 
-def hold_at(point: str, step: int, marker: Path, wait_for: str) -> str:
+def hold_at(point: str, step: int, marker: Path, wait_for: str) -> str | list[str]:
+    if point == "before_step_log":
+        return ["--trainer.logger.class_path=tests.test_kill.HoldBeforeStepLog",
+                f"--trainer.logger.init_args.hold_step={step}", f"--trainer.logger.init_args.marker={marker}"]
     if point == "checkpoint_write":
         return ('--trainer.plugins={"class_path": "tests.test_kill.StallingCheckpointIO", '
                 f'"init_args": {{"stall_at_step": {step}, "marker": "{marker}"}}}}')
@@ -251,7 +272,7 @@ def slurm_job(bin_dir: Path) -> dict:
 
 POINTS = ("mid_step", "step_end", "before_validation", "in_validation")
 STOPS = [(how, point) for how in ("SIGTERM", "SIGUSR1", "SIGKILL") for point in POINTS] + \
-    [("SIGKILL", "checkpoint_write")]
+    [("SIGKILL", "checkpoint_write"), ("SIGKILL", "before_step_log")]
 
 
 @pytest.mark.timeout(900)
@@ -267,7 +288,8 @@ def test_a_run_stopped_at_any_point_of_a_step_resumes_to_the_uninterrupted_log_a
     env = slurm_job(tmp_path / "bin") if requeue else ENV
     command = fit_command(tmp_path, tiny_model, *(["--config", str(ROOT / "configs/slurm.yaml")] if requeue else []))
     marker = tmp_path / "reached"
-    process = start([*command, hold_at(point, step, marker, how)], env=env)
+    hold = hold_at(point, step, marker, how)
+    process = start([*command, *([hold] if isinstance(hold, str) else hold)], env=env)
     wait_for(marker, process)
     if how == "SIGKILL":
         kill_group(process)

@@ -48,23 +48,44 @@ def journal_points(folder: Path) -> list[dict]:
     return points
 
 
-def cut_back(folder: Path, mark: str, keep: str) -> None:
+def cut_back(folder: Path, mark: str, keep: str) -> bool:
     """Cut the event files back to the resume point of checkpoint ``mark`` (file ``keep``, the resumed
     run's own, aside) and drop the later journal points. Without such a point (the stopped run never
-    reached it, so it logged nothing that is done again) the files stay whole."""
+    reached it, so it logged nothing that is done again) the files stay whole and this returns False."""
     points = journal_points(folder)
     found = next((i for i, point in enumerate(points) if mark in point["marks"]), None)
     if found is None:
-        return
-    sizes = points[found]["files"]
+        return False
+    truncate(folder, points[found]["files"], keep)
+    (folder / JOURNAL).write_text("".join(json.dumps(point) + "\n" for point in points[:found + 1]))
+    return True
+
+
+def truncate(folder: Path, sizes: dict[str, int], keep: str) -> None:
+    """Cut each event file (``keep`` aside) back to its size in ``sizes``; remove the files begun later."""
     for event_file in folder.glob(EVENT_FILES):
         if event_file.name == keep:
             continue
         if event_file.name not in sizes:
-            event_file.unlink()  # begun after the checkpoint
+            event_file.unlink()
         elif event_file.stat().st_size > sizes[event_file.name]:
             os.truncate(event_file, sizes[event_file.name])
-    (folder / JOURNAL).write_text("".join(json.dumps(point) + "\n" for point in points[:found + 1]))
+
+
+def step_log(trainer: Trainer) -> dict | None:
+    """What Lightning logs once a training step's end hooks are over (``update_train_step_metrics``):
+    that step's ``self.log`` values and the epoch, at their step; None where it logs nothing."""
+    connector = trainer._logger_connector
+    if trainer.fit_loop._should_accumulate() and trainer.lightning_module.automatic_optimization:
+        return None
+    if not (connector.should_update_logs or trainer.fast_dev_run):
+        return None
+    metrics = {name: float(value) for name, value in connector.metrics["log"].items()}
+    step = metrics.pop("step", None)
+    if step is None:
+        metrics.setdefault("epoch", trainer.current_epoch)
+        step = trainer.fit_loop.epoch_loop._batches_that_stepped
+    return {"step": int(step), "metrics": metrics}
 
 
 def tensorboards(trainer: Trainer) -> list[TensorBoardLogger]:
@@ -80,20 +101,39 @@ class ContinueLogs(Callback):
     files and journals their sizes for the marks saved since. A resumed run cuts the event files back
     to its checkpoint's point before it logs anything. It must come first among the callbacks (the learning-rate monitor logs at
     the start of a step). A checkpoint without a mark (an older one) falls back to a restart marker at
-    its step in the log (TensorBoard hides the points at and after it)."""
+    its step in the log (TensorBoard hides the points at and after it).
+
+    A checkpoint saved at the end of a training step (periodic, SIGTERM, requeue) comes before
+    Lightning logs that step's losses, so it also carries those values and the event files' sizes
+    at the save (``step_log``): a run killed after the save and before its resume point leaves no
+    journal point, and the resumed run cuts the files back to the save and logs the step's losses
+    itself (the stopped run logged nothing else in between)."""
 
     def __init__(self) -> None:
         self.pending: list[str] = []  # marks saved since the last resume point
         self.resumed_from: str | None = None  # the mark of the checkpoint this fit resumed from
+        self.resumed_step_log: dict | None = None  # the losses that checkpoint's step had still to log
         self.cut_done = False
+        self.trainer: Trainer | None = None
+        self.in_step_end = False  # between a training step's end hooks and the next resume point
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self.trainer = trainer
 
     def state_dict(self) -> dict:
         mark = uuid.uuid4().hex
         self.pending.append(mark)
-        return {"mark": mark}
+        unlogged = step_log(self.trainer) if self.in_step_end and self.trainer is not None else None
+        if unlogged is not None and self.trainer.is_global_zero:
+            unlogged["files"] = {}
+            for logger in tensorboards(self.trainer):
+                logger.experiment.flush()
+                unlogged["files"][logger.log_dir] = event_file_sizes(Path(logger.log_dir))
+        return {"mark": mark, "step_log": unlogged}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.resumed_from = state_dict.get("mark")
+        self.resumed_step_log = state_dict.get("step_log")
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.ckpt_path is None:
@@ -115,7 +155,13 @@ class ContinueLogs(Callback):
             return
         for logger in tensorboards(trainer):
             own = Path(logger.experiment.file_writer.event_writer._file_name).name
-            cut_back(Path(logger.log_dir), self.resumed_from, own)
+            saved = (self.resumed_step_log or {}).get("files", {})
+            if cut_back(Path(logger.log_dir), self.resumed_from, own) or logger.log_dir not in saved:
+                continue
+            # killed between the save and its resume point: the log as at the save, plus the step's losses
+            truncate(Path(logger.log_dir), saved[logger.log_dir], own)
+            logger.log_metrics(self.resumed_step_log["metrics"], self.resumed_step_log["step"])
+            logger.save()
         self.cut_done = True
 
     @staticmethod
@@ -126,6 +172,9 @@ class ContinueLogs(Callback):
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch, batch_idx: int) -> None:
         self._journal(trainer)
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
+        self.in_step_end = True  # first of the callbacks: every save from here on precedes the step's logging
 
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.sanity_checking:
@@ -138,6 +187,7 @@ class ContinueLogs(Callback):
         self._journal(trainer)  # the checkpoints of the end of training: before the summary is logged
 
     def _journal(self, trainer: Trainer) -> None:
+        self.in_step_end = False
         if not self.pending:
             return
         if trainer.is_global_zero:
