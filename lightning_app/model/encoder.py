@@ -78,6 +78,9 @@ class Encoder(nn.Module):
             the library's default.
         pretrained: load the weights; False builds the architecture with random weights (a
             random-init baseline, or weights to be loaded from a checkpoint).
+        gradient_checkpointing: keep only each block's input in training and recompute the block
+            in backward (the library's activation checkpointing; the same dropout masks, so the
+            same gradients): less memory, one more forward pass of the blocks.
         config_overrides: fields of the model's config to change, e.g. ``{num_hidden_layers: 4,
             hidden_size: 256}`` for a smaller random-init model, or ``hidden_dropout_prob``.
     """
@@ -85,7 +88,7 @@ class Encoder(nn.Module):
     def __init__(self, model: str, pooling: Pooling = "mean", normalize: bool = False,
                  frozen_layers: int = 0, trust_remote_code: bool = False,
                  attn_implementation: str | None = None, pretrained: bool = True,
-                 config_overrides: dict | None = None) -> None:
+                 config_overrides: dict | None = None, gradient_checkpointing: bool = False) -> None:
         super().__init__()
         if pooling not in ("mean", "cls"):
             raise ConfigError(f"pooling: expected 'mean' or 'cls', got {pooling!r}")
@@ -107,6 +110,8 @@ class Encoder(nn.Module):
         self.normalize = normalize
         self.frozen_layers = frozen_layers
         self.freeze(frozen_layers)
+        if gradient_checkpointing:
+            self.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.train()  # from_pretrained returns eval mode; training needs the encoder's dropout
 
     @property

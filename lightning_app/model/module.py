@@ -41,6 +41,8 @@ class ContrastiveModule(LightningModule):
             weights (seeded by ``seed_everything``).
         config_overrides: fields of the model's config to change (see ``Encoder``), e.g. a smaller
             random-init BERT.
+        gradient_checkpointing: activation checkpointing of the transformer blocks (see ``Encoder``):
+            the same gradients with less memory, at the cost of one more forward pass of the blocks.
         tokens_per_chunk: the in-batch padding cut: the batch's rows are sorted by length and
             embedded in chunks of at most this many padded tokens (rows x the chunk's longest row),
             each padded only to its own longest row, then put back in the batch's order; the loss
@@ -58,7 +60,7 @@ class ContrastiveModule(LightningModule):
                  lr: float = 2e-5, weight_decay: float = 0.0, warmup_fraction: float = 0.1,
                  trust_remote_code: bool = False, attn_implementation: str | None = None,
                  tokens_per_chunk: int | None = 4096, cache_chunk_size: int | None = None, pretrained: bool = True,
-                 config_overrides: dict | None = None) -> None:
+                 config_overrides: dict | None = None, gradient_checkpointing: bool = False) -> None:
         super().__init__()
         check_temperature(temperature)
         if not 0 <= warmup_fraction <= 1:

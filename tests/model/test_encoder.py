@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from lightning_app.errors import ConfigError
-from lightning_app.model.encoder import Encoder, pool
+from lightning_app.model.encoder import Encoder, pool, transformer_layers
 from lightning_app.model.module import ContrastiveModule
 from tests.helpers import save_tiny_model
 
@@ -55,6 +55,26 @@ def test_layer_embeddings_come_from_one_forward_pass(tiny_model, tokenizer):
 def test_encoder_trains_with_dropout_on(tiny_model):
     encoder = Encoder(tiny_model)
     assert encoder.training and encoder.backbone.training
+
+
+def test_gradient_checkpointing_recomputes_each_block_with_the_same_gradients(tiny_model, tokenizer):
+    batch = tokenizer(["a first text of a few words", "another text, a little longer than the first one"],
+                      padding=True, return_tensors="pt")
+    runs = []
+    for checkpointing in (False, True):
+        encoder = Encoder(tiny_model, gradient_checkpointing=checkpointing)  # training mode, dropout 0.1
+        calls = []
+        for layer in transformer_layers(encoder.backbone):  # inside the block: its attention
+            next(layer.children()).register_forward_hook(lambda *args, calls=calls: calls.append(1))
+        torch.manual_seed(0)
+        encoder(batch["input_ids"], batch["attention_mask"]).pow(2).sum().backward()
+        runs.append((len(calls), {n: p.grad for n, p in encoder.named_parameters() if p.grad is not None}))
+    (plain_calls, plain), (checkpointed_calls, checkpointed) = runs
+    assert (plain_calls, checkpointed_calls) == (2, 4)  # 2 blocks; checkpointed, each runs again in backward
+    assert plain.keys() == checkpointed.keys() and plain
+    for name, grad in plain.items():  # the recomputed blocks draw the same dropout masks
+        torch.testing.assert_close(checkpointed[name], grad, rtol=0, atol=1e-7)
+    assert ContrastiveModule(tiny_model, gradient_checkpointing=True).encoder.backbone.is_gradient_checkpointing
 
 
 @pytest.mark.parametrize("frozen", [-1, 3])
