@@ -65,21 +65,33 @@ def delivered(source: str, view, args) -> float:
 
 
 class FitTimer(L.Callback):
-    """Seconds from ``on_fit_start`` to the end of the last training step, and the tokens trained on."""
+    """Seconds from ``on_fit_start`` to the end of the last training step, the tokens trained on, and
+    where the time went: to the end of the first step (worker start and the first window's fill
+    included), and each later step from the end of the one before (its wait for the batch included)."""
 
     def __init__(self) -> None:
         self.tokens = 0
+        self.ends: list[float] = []
 
     def on_fit_start(self, trainer, pl_module) -> None:
         self.start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.tokens += batch["tokens"]
-        self.seconds = time.perf_counter() - self.start
+        self.ends.append(time.perf_counter() - self.start)
+        self.seconds = self.ends[-1]
+
+    @property
+    def first_step(self) -> float:
+        return self.ends[0]
+
+    @property
+    def later_steps(self) -> list[float]:
+        return [b - a for a, b in zip(self.ends, self.ends[1:])]
 
 
-def fit(data, steps: int) -> tuple[float, int]:
-    """A ``steps``-step fit of the default model on ``data`` (a DataModule or a DataLoader): seconds, tokens."""
+def fit(data, steps: int) -> FitTimer:
+    """A ``steps``-step fit of the default model on ``data`` (a DataModule or a DataLoader), timed."""
     timer = FitTimer()
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
@@ -89,7 +101,7 @@ def fit(data, steps: int) -> tuple[float, int]:
         trainer.fit(module, datamodule=data)
     else:
         trainer.fit(module, train_dataloaders=data)
-    return timer.seconds, timer.tokens
+    return timer
 
 
 def main() -> None:
@@ -115,13 +127,18 @@ def main() -> None:
     memory = DataLoader(batches, batch_size=None)
     expected = sum(batch["tokens"] for batch in batches)
     rates = {"datamodule": [], "memory": []}
+    first, later = {"datamodule": [], "memory": []}, {"datamodule": [], "memory": []}
     for repeat in range(args.repeats):
         for kind in (("datamodule", "memory") if repeat % 2 == 0 else ("memory", "datamodule")):
-            seconds, tokens = fit(datamodule() if kind == "datamodule" else memory, args.steps)
-            if tokens != expected:
-                raise SystemExit(f"{kind}-fed fit trained on {tokens} tokens, the collected batches hold {expected}")
-            rates[kind].append(args.steps * args.batch_size / seconds)
-            print(f"repeat {repeat + 1}, {kind}-fed: {seconds:.1f} s, {rates[kind][-1]:.2f} pairs/s "
+            timer = fit(datamodule() if kind == "datamodule" else memory, args.steps)
+            if timer.tokens != expected:
+                raise SystemExit(f"{kind}-fed fit trained on {timer.tokens} tokens, the collected batches hold {expected}")
+            rates[kind].append(args.steps * args.batch_size / timer.seconds)
+            first[kind].append(timer.first_step)
+            later[kind].append(sum(timer.later_steps))
+            print(f"repeat {repeat + 1}, {kind}-fed: {timer.seconds:.1f} s, {rates[kind][-1]:.2f} pairs/s; "
+                  f"to the end of step 1 {timer.first_step:.1f} s, steps 2-{args.steps} {sum(timer.later_steps):.1f} s "
+                  f"(median step {statistics.median(timer.later_steps):.2f} s, slowest {max(timer.later_steps):.2f} s) "
                   f"(load average {load()})", flush=True)
     fed, mem = statistics.median(rates["datamodule"]), statistics.median(rates["memory"])
     print(f"training pairs/s: DataModule-fed {fed:.2f} (runs {[round(r, 2) for r in rates['datamodule']]}), "
@@ -144,6 +161,8 @@ def main() -> None:
          baseline="the same batches pre-collated in memory, same process and threads",
          datamodule_pairs_per_s=round(fed, 2), memory_pairs_per_s=round(mem, 2),
          datamodule_runs=[round(r, 2) for r in rates["datamodule"]], memory_runs=[round(r, 2) for r in rates["memory"]],
+         first_step_s={kind: round(statistics.median(v), 2) for kind, v in first.items()},
+         later_steps_s={kind: round(statistics.median(v), 2) for kind, v in later.items()},
          steps=args.steps, batch_size=args.batch_size, workers=args.workers,
          delivered_pairs_per_s=delivery,
          delivered_vs_training=round(min(delivery.values()) / mem, 1))
