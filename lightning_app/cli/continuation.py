@@ -51,7 +51,8 @@ def journal_points(folder: Path) -> list[dict]:
 def cut_back(folder: Path, mark: str, keep: str) -> bool:
     """Cut the event files back to the resume point of checkpoint ``mark`` (file ``keep``, the resumed
     run's own, aside) and drop the later journal points. Without such a point (the stopped run never
-    reached it, so it logged nothing that is done again) the files stay whole and this returns False."""
+    reached it) the files stay whole and this returns False: ``ContinueLogs`` then cuts them back to
+    a step-end checkpoint's own sizes, if it carries them."""
     points = journal_points(folder)
     found = next((i for i, point in enumerate(points) if mark in point["marks"]), None)
     if found is None:
