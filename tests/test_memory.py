@@ -42,8 +42,6 @@ def test_freed_tensors_stay_resident_until_released(tmp_path):
     script = tmp_path / "measure.py"
     script.write_text(MEASURE)
     out, _ = run_lightning([], script=script, timeout=120)
-
-
     figures = json.loads(out.strip().splitlines()[-1])
     print(figures)
     assert figures["held"] - figures["start"] > 150e6  # freed, still resident

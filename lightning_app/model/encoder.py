@@ -78,11 +78,11 @@ class Encoder(nn.Module):
             the library's default.
         pretrained: load the weights; False builds the architecture with random weights (a
             random-init baseline, or weights to be loaded from a checkpoint).
+        config_overrides: fields of the model's config to change, e.g. ``{num_hidden_layers: 4,
+            hidden_size: 256}`` for a smaller random-init model, or ``hidden_dropout_prob``.
         gradient_checkpointing: keep only each block's input in training and recompute the block
             in backward (the library's activation checkpointing; the same dropout masks, so the
             same gradients): less memory, one more forward pass of the blocks.
-        config_overrides: fields of the model's config to change, e.g. ``{num_hidden_layers: 4,
-            hidden_size: 256}`` for a smaller random-init model, or ``hidden_dropout_prob``.
     """
 
     def __init__(self, model: str, pooling: Pooling = "mean", normalize: bool = False,
