@@ -55,6 +55,8 @@ CASES = {
     # fit: the model
     "fit-not-a-model": ("fit", lambda p, r: ["--model.model", f"{p['folder']}/not-a-model"],
                         "model.model: '{folder}/not-a-model' is not a model folder (no config.json)"),
+    "fit-gradient-checkpointing": ("fit", lambda p, r: ["--model.gradient_checkpointing", "maybe"],
+                                   "model.gradient_checkpointing: Expected a <class 'bool'>. Got value: maybe"),
     "fit-missing-model": ("fit", lambda p, r: ["--model.model", f"{p['folder']}/nowhere"], "model.model: cannot load '"),
     "fit-frozen-layers": ("fit", lambda p, r: ["--model.frozen_layers", "9"], "model.frozen_layers: expected an integer in 0..2"),
     "fit-temperature": ("fit", lambda p, r: ["--model.temperature", "0"], "model.temperature: expected > 0, got 0.0"),

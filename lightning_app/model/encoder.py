@@ -111,6 +111,9 @@ class Encoder(nn.Module):
         self.frozen_layers = frozen_layers
         self.freeze(frozen_layers)
         if gradient_checkpointing:
+            if not self.backbone.supports_gradient_checkpointing:
+                raise ConfigError(f"model.gradient_checkpointing: {type(self.backbone).__name__} does not support "
+                                  "activation checkpointing; set it to false")
             self.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.train()  # from_pretrained returns eval mode; training needs the encoder's dropout
 

@@ -77,6 +77,15 @@ def test_gradient_checkpointing_recomputes_each_block_with_the_same_gradients(ti
     assert ContrastiveModule(tiny_model, gradient_checkpointing=True).encoder.backbone.is_gradient_checkpointing
 
 
+def test_gradient_checkpointing_of_a_model_without_it_is_named(tiny_model, monkeypatch):
+    from transformers import BertModel
+
+    monkeypatch.setattr(BertModel, "supports_gradient_checkpointing", False)
+    with pytest.raises(ConfigError, match=r"^model.gradient_checkpointing: BertModel does not support activation "
+                                          r"checkpointing; set it to false$"):
+        Encoder(tiny_model, gradient_checkpointing=True)
+
+
 @pytest.mark.parametrize("frozen", [-1, 3])
 def test_frozen_layers_out_of_range(tiny_model, frozen):
     with pytest.raises(ConfigError, match=r"model.frozen_layers: expected an integer in 0..2"):
