@@ -12,6 +12,7 @@ from torch import nn
 from transformers import AutoModel, PretrainedConfig, PreTrainedModel
 
 from lightning_app.errors import ConfigError, first_line
+from lightning_app.model import attention
 from lightning_app.packaged import resolve_model
 
 Pooling = Literal["mean", "cls"]
@@ -74,8 +75,9 @@ class Encoder(nn.Module):
         normalize: L2-normalise the pooled embedding.
         frozen_layers: freeze the embeddings and the first N transformer layers; 0 trains all.
         trust_remote_code: run model code shipped with a hub model (off unless asked for).
-        attn_implementation: passed to ``from_pretrained`` (e.g. ``sdpa``, ``eager``); None keeps
-            the library's default.
+        attn_implementation: passed to ``from_pretrained`` (e.g. ``sdpa``, ``eager``); None: the
+            library's default, which is ``sdpa``, becomes ``sdpa_lean`` (``model/attention.py``: the
+            same results, less memory in CPU training) where the model supports it.
         pretrained: load the weights; False builds the architecture with random weights (a
             random-init baseline, or weights to be loaded from a checkpoint).
         config_overrides: fields of the model's config to change, e.g. ``{num_hidden_layers: 4,
@@ -106,6 +108,9 @@ class Encoder(nn.Module):
                                   "false for a random-init model") from None
         else:
             self.backbone = AutoModel.from_config(config, **kwargs)
+        if not attn_implementation and self.backbone.config._attn_implementation == "sdpa" \
+                and self.backbone._supports_attention_backend:
+            self.backbone.set_attn_implementation(attention.NAME)
         self.pooling = pooling
         self.normalize = normalize
         self.frozen_layers = frozen_layers

@@ -36,7 +36,8 @@ class ContrastiveModule(LightningModule):
         weight_decay: weight decay of the optimizer.
         warmup_fraction: linear warmup over this share of the steps, then linear decay to 0.
         trust_remote_code: run model code shipped with a hub model (off unless asked for).
-        attn_implementation: ``sdpa``, ``eager``, ...; None keeps the library's default.
+        attn_implementation: ``sdpa``, ``eager``, ``sdpa_lean``, ...; None: ``sdpa_lean`` where the
+            model supports it (the results of ``sdpa``, less memory in CPU training), else the library's default.
         pretrained: start from the model's weights; False trains its architecture from random
             weights (seeded by ``seed_everything``).
         config_overrides: fields of the model's config to change (see ``Encoder``), e.g. a smaller
