@@ -201,10 +201,15 @@ def find_number(obj, keys: tuple[str, ...]) -> int | float | None:
     return None
 
 
-def throughput_figures(log: Path) -> dict:
+def throughput_figures(log: Path, compiled: bool = False) -> dict:
     """samples/s, tokens/s and MFU of our step from ``train_throughput.py``: its JSON last line
-    first, else the line it prints for CUDA (``ours: S samples/s, T tokens/s, F TFLOP/s, MFU M%``)."""
+    first, else the line it prints for CUDA (``ours: S samples/s, T tokens/s, F TFLOP/s, MFU M%``).
+    ``compiled``: samples/s and MFU of its compiled system (``--compile``)."""
     result = last_json(log)
+    if compiled:
+        return {"samples_per_s": find_number(result, ("samples_per_s_compiled",)),
+                "mfu": find_number(result, ("mfu_compiled",)),
+                "vs_eager": find_number(result, ("ratio_compiled_vs_eager",)), "json": result}
     text = log.read_text(errors="replace")
     printed = re.findall(r"ours: ([\d.]+) samples/s, ([\d.]+) tokens/s, ([\d.]+) TFLOP/s(?:, MFU ([\d.]+)%)?", text)
     samples = find_number(result, ("samples_per_s", "ours"))
@@ -282,7 +287,7 @@ def report(work: Path, out: str) -> dict:
             if name == "fit":
                 step["figures"] = fit_figures(work)
             elif name.startswith("train_throughput"):
-                step["figures"] = throughput_figures(log)
+                step["figures"] = throughput_figures(log, compiled=name.endswith("_compile"))
             else:
                 result = last_json(log)
                 step["figures"] = {k: find_number(result, (k,)) for k in ("plain_pairs", "cached_pairs", "plain_mib",

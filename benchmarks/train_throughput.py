@@ -14,7 +14,11 @@ Systems (same weights, pairs, max length, threads; Adam(W) lr 2e-5, no weight de
   in every step (and the default sampler's batches hold the same pairs, in other batches).
 - ``ours, no padding cut``: ``tokens_per_chunk=None`` (one forward padded to the batch's longest
   row), the same batches as ``ours``.
-- with ``--ablations``: ours with other ``tokens_per_chunk``, eager attention, the cached loss.
+- with ``--ablations``: ours with other ``tokens_per_chunk``, eager or plain sdpa attention, the cached loss.
+- with ``--compile``: ``ours, torch.compile``: ours with the encoder ``torch.compile``d (inductor,
+  dynamic shapes), timed after its ``--warmup`` steps, which hold the compilation: reported as
+  those steps' time beyond eager's for as many steps, with the run length where it pays back, and
+  the largest loss and gradient difference from eager on one batch with dropout off.
 
 Ours is timed as Lightning runs it: a ``Trainer.fit`` over the collated batches, each step from
 ``on_train_batch_start`` to ``on_train_batch_end`` (forward, loss, backward, optimizer and
@@ -34,6 +38,7 @@ the JSON line are the worst over views.
     python benchmarks/train_throughput.py                  # CPU: crops and dropout, packaged MiniLM
     python benchmarks/train_throughput.py --ablations      # + tokens_per_chunk 1024/2048/8192, eager, cached loss
     python benchmarks/train_throughput.py --profile        # + the top ops of our step and of theirs
+    python benchmarks/train_throughput.py --compile        # + ours torch.compiled: per step, compilation, payback
     python benchmarks/train_throughput.py --device cuda [--compile]   # GPU: mpnet-base-sized, bf16, MFU
 """
 
@@ -47,6 +52,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from types import SimpleNamespace
 
 import datasets
 import lightning as L
@@ -67,6 +73,7 @@ from lightning_app.packaged import load_tokenizer, resolve_model  # noqa: E402
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10G": 70e12}
 DEFAULT_CHUNK = inspect.signature(ContrastiveModule).parameters["tokens_per_chunk"].default
 OURS, ST, ST_SAME, NO_CUT = "ours", "sentence-transformers", "sentence-transformers, same batches", "ours, no padding cut"
+COMPILED = "ours, torch.compile"
 
 
 def _sync(device: str) -> None:
@@ -115,15 +122,35 @@ def padded_tokens(batch: dict, tokens_per_chunk: int | None) -> int:
 
 def time_ours(model_path: str, batches, device: str, warmup: int, compiled: bool = False, profiler=None,
               **options) -> list[float]:
+    """Every step's time, the ``warmup`` untimed ones first (with ``compiled``, they hold the compilation)."""
     module = ContrastiveModule(model_path, lr=2e-5, **options)
-    if compiled:
+    if compiled:  # dynamic shapes: the padding cut gives every chunk its own width
         module.encoder.backbone = torch.compile(module.encoder.backbone, dynamic=True)
     timer = StepTimer(device, warmup, profiler)
     trainer = L.Trainer(accelerator=device, devices=1, max_steps=len(batches), logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         precision="bf16-mixed" if device == "cuda" else "32-true", callbacks=[timer])
     trainer.fit(module, DataLoader(batches, batch_size=None))
-    return timer.times[warmup:]
+    return timer.times
+
+
+def compiled_difference(model_path: str, batch: dict, device: str) -> dict:
+    """Largest absolute difference of the compiled step's loss and gradients from eager's on one
+    batch, fp32, dropout off (compiled dropout draws other masks)."""
+    off = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+    batch = {key: batch[key].to(device) for key in ("input_ids", "attention_mask")}
+    results = []
+    for compiled in (False, True):
+        module = ContrastiveModule(model_path, config_overrides=off).to(device)
+        module.trainer = SimpleNamespace(world_size=1, global_rank=0)
+        if compiled:
+            module.encoder.backbone = torch.compile(module.encoder.backbone, dynamic=True)
+        loss = module.contrastive_step(batch)["loss"]
+        loss.backward()
+        results.append((loss.detach(), [p.grad for p in module.parameters() if p.grad is not None]))
+    (loss, grads), (compiled_loss, compiled_grads) = results
+    return {"loss": float((loss - compiled_loss).abs()),
+            "gradients": max(float((a - b).abs().max()) for a, b in zip(grads, compiled_grads))}
 
 
 def time_sentence_transformers(model_path: str, pairs, batch_size: int, max_length: int, device: str,
@@ -260,13 +287,23 @@ def compare(name, view, model_path, tokenizer, args) -> dict:
     st = lambda same, profiler=None, steps=steps: time_sentence_transformers(  # noqa: E731
         model_path, pairs[:B * steps], B, args.max_length, args.device, args.warmup, same, profiler)
     ours = lambda profiler=None, steps=steps, **options: time_ours(  # noqa: E731
-        model_path, batches[:steps], args.device, args.warmup, compiled=args.compile, profiler=profiler, **options)
+        model_path, batches[:steps], args.device, args.warmup, profiler=profiler, **options)[args.warmup:]
+    first_steps = []  # the compiled system's untimed first steps, per repeat
+
+    def compiled():
+        times = time_ours(model_path, batches[:steps], args.device, args.warmup, compiled=True)
+        first_steps.append(sum(times[:args.warmup]))
+        return times[args.warmup:]
+
     systems = {OURS: ours, ST: lambda: st(False), ST_SAME: lambda: st(True),
                NO_CUT: lambda: ours(tokens_per_chunk=None)}
+    if args.compile:
+        systems[COMPILED] = compiled
     if args.ablations:
         systems |= {f"ours, tokens_per_chunk {n}": (lambda n=n: ours(tokens_per_chunk=n))
                     for n in (1024, 2048, 8192) if n != DEFAULT_CHUNK}
         systems |= {"ours, eager attention": lambda: ours(attn_implementation="eager"),
+                    "ours, sdpa attention (not lean)": lambda: ours(attn_implementation="sdpa"),
                     f"ours, cached loss (chunks of {B} rows)": lambda: ours(cache_chunk_size=B)}
     rates, peaks, checks, per_column = {system: [] for system in systems}, [], {}, None
     order = list(systems)
@@ -317,11 +354,42 @@ def compare(name, view, model_path, tokenizer, args) -> dict:
               + (f", MFU {flop_rate / table:.1%} of {table / 1e12:.0f} TFLOP/s dense bf16" if table else
                  ", MFU unknown: pass --peak-tflops"))
         figures["mfu"] = round(flop_rate / table, 4) if table else None
+    if args.compile:
+        figures |= compiled_figures(med, first_steps, flops, peak, model_path, timed[0], args)
     if args.profile:
         few = args.warmup + min(args.steps, 3)
         profile_steps(f"{OURS} ({name}, {few - args.warmup} steps)", lambda p: ours(profiler=p, steps=few))
         profile_steps(f"{ST_SAME} ({name}, {few - args.warmup} steps)", lambda p: st(True, p, few))
+        if args.compile:
+            profile_steps(f"{COMPILED} ({name}, {few - args.warmup} steps)", lambda p: time_ours(
+                model_path, batches[:few], args.device, args.warmup, compiled=True, profiler=p))
     return figures
+
+
+def compiled_figures(med: dict, first_steps: list[float], flops: float, peak: float, model_path: str,
+                     batch: dict, args) -> dict:
+    """The compiled system against eager: per-step speed, compilation (its first steps beyond
+    eager's time for as many steps), the run length where it pays, and its numbers (dropout off)."""
+    B, eager_step, compiled_step = args.batch_size, args.batch_size / med[OURS], args.batch_size / med[COMPILED]
+    compile_s = statistics.median(first_steps) - args.warmup * eager_step
+    payback = compile_s / (eager_step - compiled_step) if compiled_step < eager_step else None
+    difference = compiled_difference(model_path, batch, args.device)
+    flop_rate = flops * med[COMPILED] / B
+    print(f"  {COMPILED}: {med[COMPILED] / med[OURS]:.3f}x eager per step ({compiled_step:.2f} s against "
+          f"{eager_step:.2f} s); first {args.warmup} step(s) {', '.join(f'{t:.1f}' for t in first_steps)} s: "
+          f"compilation about {compile_s:.0f} s; " + (f"pays back after {payback:.0f} steps" if payback
+                                                      else "never pays back") +
+          f"; {flop_rate / peak:.1%} of the torch.mm peak; dropout off, largest difference from eager: loss "
+          f"{difference['loss']:.1e}, gradients {difference['gradients']:.1e}")
+    if args.device == "cuda":
+        table = args.peak_tflops * 1e12 if args.peak_tflops else next(
+            (v for k, v in PEAK_BF16.items() if k in torch.cuda.get_device_name()), None)
+        mfu = {"mfu_compiled": round(flop_rate / table, 4) if table else None}
+    return {"ratio_compiled_vs_eager": round(med[COMPILED] / med[OURS], 3), "samples_per_s_compiled": round(med[COMPILED], 3),
+            "compile_s": round(compile_s, 1),
+            "first_steps_s": [round(t, 1) for t in first_steps], "payback_steps": payback and round(payback),
+            "peak_share_compiled": round(flop_rate / peak, 4), "compiled_difference_dropout_off": difference,
+            **(mfu if args.device == "cuda" else {})}
 
 
 def commit() -> str:
@@ -347,12 +415,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--views", default="crops,dropout", help="comma-separated: crops, dropout")
     parser.add_argument("--ablations", action="store_true", help="also time ours with tokens_per_chunk "
-                        "1024/2048/8192, eager attention and the cached loss")
+                        "1024/2048/8192, eager and plain sdpa attention, and the cached loss")
     parser.add_argument("--profile", action="store_true", help="after the timing, profile a few steps of ours "
                         "and of sentence-transformers (same batches) and print the top ops by self CPU time")
     parser.add_argument("--mm-size", type=int, default=None, help="side of the timed torch.mm (the peak): "
                         "2048 fp32 on CPU, 8192 bf16 on CUDA")
-    parser.add_argument("--compile", action="store_true", help="torch.compile our encoder (raise --warmup)")
+    parser.add_argument("--compile", action="store_true", help="also time ours with the encoder torch.compiled "
+                        "(a system of its own; its first --warmup steps hold the compilation)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the device's dense bf16 peak (for MFU)")
     args = parser.parse_args()
     views = {"crops": SentenceCrops(), "dropout": Dropout()}
@@ -379,6 +448,10 @@ def main() -> None:
     print(f"load average at the end {loadavg()}")
     worst = lambda key: min(r[key] for r in results.values())  # noqa: E731
     gpu = {"mfu": worst("mfu")} if args.device == "cuda" and all(r["mfu"] for r in results.values()) else {}
+    if args.compile:
+        gpu |= {key: worst(key) for key in ("ratio_compiled_vs_eager", "peak_share_compiled", "samples_per_s_compiled")}
+        if args.device == "cuda" and all(r["mfu_compiled"] for r in results.values()):
+            gpu["mfu_compiled"] = worst("mfu_compiled")
     emit("train_pairs_per_s_vs_sentence_transformers", ratio=worst("ratio"),
          ratio_same_batches=worst("ratio_same_batches"), real_token_share=worst("real_token_share"),
          real_token_share_no_cut=worst("real_token_share_no_cut"),
