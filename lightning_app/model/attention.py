@@ -8,8 +8,8 @@ the same random draws, and keeps the softmax output and a boolean dropout mask i
 rebuilds the noise and the dropped probabilities from them (two element-wise products). Outputs
 and gradients are bitwise those of ``torch.nn.functional.scaled_dot_product_attention``.
 
-Everywhere else (no gradient, evaluation, no dropout, other devices, position biases, grouped
-heads, causal masks) the library's ``sdpa`` runs unchanged. Registered with transformers as
+Everywhere else (no gradient, evaluation, no dropout, other devices, autocast, position biases,
+grouped heads, causal masks) the library's ``sdpa`` runs unchanged. Registered with transformers as
 ``sdpa_lean``; models whose attention goes through transformers' attention interface (BERT,
 RoBERTa and their kin) use it by default in training, others keep their own.
 """
@@ -74,6 +74,7 @@ def sdpa_lean(module, query, key, value, attention_mask, dropout: float = 0.0, s
               is_causal: bool | None = None, **kwargs):
     """transformers' attention-interface signature; returns (output (B, T, heads, head_dim), None)."""
     lean = (dropout > 0 and torch.is_grad_enabled() and query.device.type == "cpu"
+            and not torch.is_autocast_enabled("cpu") and query.dtype == key.dtype == value.dtype
             and not getattr(module, "is_causal", False) and not is_causal
             and kwargs.get("position_bias") is None and kwargs.get("softcap") is None
             and getattr(module, "num_key_value_groups", 1) == 1 and query.shape[1] == key.shape[1]

@@ -68,6 +68,8 @@ def test_without_gradients_or_dropout_sdpa_runs(tiny_model, tokenizer, monkeypat
         lean_free = encoder(**batch)
     encoder.eval()
     eval_out = encoder(**batch)
-    assert len(calls) == 4 and lean_free.shape == eval_out.shape
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # mixed precision: sdpa's own casts
+        encoder.train()(**batch).float().sum().backward()
+    assert len(calls) == 6 and lean_free.shape == eval_out.shape
     reference = Encoder(tiny_model, attn_implementation="sdpa").eval()
     assert torch.equal(eval_out, reference(**batch))
