@@ -43,6 +43,14 @@ def first_held_out(documents, fraction: float, source: str, limit: int) -> list[
     return list(texts)
 
 
+def lowest_priority(worker_id: int) -> None:
+    """A dataloader worker yields the CPU to the training step (nice 19): on a machine whose cores
+    the step's threads fill, the worker runs in the step's gaps instead of stalling its threads;
+    where a core is idle, or while the trainer waits for a batch, it runs as before."""
+    if hasattr(os, "nice"):
+        os.nice(19)
+
+
 class ContrastiveDataModule(LightningDataModule):
     """Streams a corpus, turns each document into a pair of views and batches them.
 
@@ -63,7 +71,8 @@ class ContrastiveDataModule(LightningDataModule):
             sees (no longer the paper's random ones), hence a warning; 1 (the default) keeps the
             stream's random batches, whose padding the model's in-batch cut (``model.tokens_per_chunk``)
             already removes. Validation batches are never bucketed.
-        num_workers: dataloader worker processes (tokenization runs there).
+        num_workers: dataloader worker processes (tokenization runs there), at the lowest CPU
+            priority (``lowest_priority``).
         shuffle_buffer: documents shuffled together: the stream is permuted in windows of this
             many documents, with a new permutation each epoch.
         val_fraction: share of documents held out for the validation loss, chosen by content hash.
@@ -151,7 +160,8 @@ class ContrastiveDataModule(LightningDataModule):
         workers = self.hparams.num_workers
         return RunLengthLoader(self.train_pairs, max_steps * self.trainer.accumulate_grad_batches,
                                batch_size=self.hparams.batch_size, collate_fn=self.collate, num_workers=workers,
-                               drop_last=True, prefetch_factor=4 if workers else None)
+                               drop_last=True, prefetch_factor=4 if workers else None,
+                               worker_init_fn=lowest_priority if workers else None)
 
     def val_dataloader(self) -> DataLoader | list:
         if not self.val_pairs:

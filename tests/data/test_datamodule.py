@@ -1,4 +1,5 @@
 import json
+import os
 from itertools import islice
 
 import pytest
@@ -85,6 +86,16 @@ def test_the_loader_state_resumes_each_worker_exactly(tmp_path, tokenizer, worke
     resumed.load_state_dict(loader.state_dict())
     after = [b["input_ids"] for b in islice(resumed, 13)]
     assert all(torch.equal(x, y) for x, y in zip(before + after, whole, strict=True))
+
+
+def test_the_workers_run_at_the_lowest_priority(tmp_path):
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    loader = iter(make(numbered_corpus(tmp_path), num_workers=2).train_dataloader())
+    next(loader)  # the workers have started and delivered
+    workers = [worker.pid for worker in loader._workers]
+    assert len(workers) == 2
+    assert [os.getpriority(os.PRIO_PROCESS, pid) for pid in workers] == [19, 19]
+    assert os.getpriority(os.PRIO_PROCESS, 0) == own  # the trainer keeps its own
 
 
 def test_validation_slice_is_disjoint_from_training(tmp_path, tokenizer):
