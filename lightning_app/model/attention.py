@@ -3,10 +3,11 @@
 With attention dropout, PyTorch's CPU attention is the "math" path: it keeps three
 (rows, heads, length, length) float tensors per layer for backward (the softmax output, the
 dropout noise and the dropped probabilities), the largest part of a training step's activations
-(42% for MiniLM at 128 tokens). ``LeanAttention`` runs the same operations in the same order, on
-the same random draws, and keeps the softmax output and a boolean dropout mask instead; backward
-rebuilds the noise and the dropped probabilities from them (two element-wise products). Outputs
-and gradients are bitwise those of ``torch.nn.functional.scaled_dot_product_attention``.
+(0.91 of the 2.29 GB a MiniLM step of 64 rows x 128 tokens keeps). ``LeanAttention`` runs the
+same operations in the same order, on the same random draws, and keeps the softmax output and a
+boolean dropout mask instead; backward rebuilds the noise and the dropped probabilities from them
+(two element-wise products). Outputs and gradients are bitwise those of
+``torch.nn.functional.scaled_dot_product_attention``.
 
 Everywhere else (no gradient, evaluation, no dropout, other devices, autocast, position biases,
 grouped heads, causal masks) the library's ``sdpa`` runs unchanged. Registered with transformers as
