@@ -348,8 +348,7 @@ def compare(name, view, model_path, tokenizer, args) -> dict:
                "tflop_per_s": round(flop_rate / 1e12, 4),
                "pairs_per_s": {system: summary(r) for system, r in rates.items()}}
     if args.device == "cuda":
-        table = args.peak_tflops * 1e12 if args.peak_tflops else next(
-            (v for k, v in PEAK_BF16.items() if k in torch.cuda.get_device_name()), None)
+        table = device_peak(args)
         print(f"  ours: {med[OURS]:.1f} samples/s, {real * med[OURS] / B:.0f} tokens/s, {flop_rate / 1e12:.1f} TFLOP/s"
               + (f", MFU {flop_rate / table:.1%} of {table / 1e12:.0f} TFLOP/s dense bf16" if table else
                  ", MFU unknown: pass --peak-tflops"))
@@ -364,6 +363,13 @@ def compare(name, view, model_path, tokenizer, args) -> dict:
             profile_steps(f"{COMPILED} ({name}, {few - args.warmup} steps)", lambda p: time_ours(
                 model_path, batches[:few], args.device, args.warmup, compiled=True, profiler=p))
     return figures
+
+
+def device_peak(args) -> float | None:
+    """The GPU's dense bf16 peak FLOP/s: ``--peak-tflops``, else by device name; None if unknown."""
+    if args.peak_tflops:
+        return args.peak_tflops * 1e12
+    return next((v for k, v in PEAK_BF16.items() if k in torch.cuda.get_device_name()), None)
 
 
 def compiled_figures(med: dict, first_steps: list[float], flops: float, peak: float, model_path: str,
@@ -385,15 +391,15 @@ def compiled_figures(med: dict, first_steps: list[float], flops: float, peak: fl
           f"compilation about {compile_s:.0f} s{warm_text}; {payback_text}; {flop_rate / peak:.1%} of the "
           f"torch.mm peak; dropout off, largest difference from eager: loss {difference['loss']:.1e}, "
           f"gradients {difference['gradients']:.1e}")
+    mfu = {}
     if args.device == "cuda":
-        table = args.peak_tflops * 1e12 if args.peak_tflops else next(
-            (v for k, v in PEAK_BF16.items() if k in torch.cuda.get_device_name()), None)
-        mfu = {"mfu_compiled": round(flop_rate / table, 4) if table else None}
+        table = device_peak(args)
+        mfu["mfu_compiled"] = round(flop_rate / table, 4) if table else None
     return {"ratio_compiled_vs_eager": round(med[COMPILED] / med[OURS], 3), "samples_per_s_compiled": round(med[COMPILED], 3),
             "compile_s": round(compile_s, 1), "compile_s_warm_caches": warm and round(warm, 1),
             "first_steps_s": [round(t, 1) for t in first_steps], "payback_steps": payback and round(payback),
             "peak_share_compiled": round(flop_rate / peak, 4), "compiled_difference_dropout_off": difference,
-            **(mfu if args.device == "cuda" else {})}
+            **mfu}
 
 
 def commit() -> str:

@@ -78,7 +78,7 @@ def sdpa_lean(module, query, key, value, attention_mask, dropout: float = 0.0, s
             and not torch.is_autocast_enabled("cpu") and query.dtype == key.dtype == value.dtype
             and not getattr(module, "is_causal", False) and not is_causal
             and kwargs.get("position_bias") is None and kwargs.get("softcap") is None
-            and getattr(module, "num_key_value_groups", 1) == 1 and query.shape[1] == key.shape[1]
+            and query.shape[1] == key.shape[1]  # as many key/value heads as query heads
             and (query.requires_grad or key.requires_grad or value.requires_grad))
     if not lean:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
